@@ -1,0 +1,1 @@
+"""The ``edgekit`` command. Thin: each module parses options and calls one library function."""

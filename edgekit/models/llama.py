@@ -1,0 +1,188 @@
+"""Llama-family decoder written for export: static KV cache buffers, T >= 1 tokens per call.
+
+One forward processes ``T`` new tokens written to cache slots ``input_pos`` and returns logits
+for all of them, which serves prefill in chunks, one-token decode and speculative verification
+(a chain is ``input_pos = start + arange(T)``; a tree passes its own ``attn_mask`` and
+``rope_pos``). Rolling back after rejected candidates is just a smaller next ``input_pos``: the
+stale rows are masked out and later overwritten.
+
+Example::
+
+    m = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                              vocab_size=256, max_seq_len=64))
+    logits = m(torch.tensor([[1, 5, 9]]), torch.arange(3))  # (1, 3, 256)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.models.config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with HF's "llama3" long-context scaling when asked."""
+    hd = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    sc = args.rope_scaling
+    if sc and sc.get("rope_type", sc.get("type")) == "llama3":
+        factor = sc["factor"]
+        low, high = sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        old = sc.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        mid = (wavelen <= old / low) & (wavelen >= old / high)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif sc and sc.get("rope_type", sc.get("type")) not in (None, "default"):
+        raise ValueError(f"unsupported rope_scaling {sc}")
+    return inv
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate ``x`` (B, H, T, hd) by per-position angles; cos/sin are (T, hd/2)."""
+    if interleaved:
+        # Meta / llama2.c layout: pairs (x0, x1), (x2, x3), ...
+        xr = x.reshape(*x.shape[:-1], -1, 2)
+        a, b = xr[..., 0], xr[..., 1]
+        out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+        return out.reshape(x.shape)
+    # HF layout: first half rotated against second half.
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
+class StaticKVCache(nn.Module):
+    """Preallocated K/V buffers (B, n_kv, S, hd) that live inside an exported program."""
+
+    def __init__(self, batch: int, n_kv: int, max_seq_len: int, head_dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        shape = (batch, n_kv, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv, T, hd) at slots ``input_pos`` (T,); return the whole cache."""
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(2, input_pos, v)
+        return self.k_cache, self.v_cache
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, max_batch: int) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
+        self.interleaved = args.rope_interleaved
+        self.wq = nn.Linear(args.dim, self.n_heads * self.hd, bias=args.qkv_bias)
+        self.wk = nn.Linear(args.dim, self.n_kv * self.hd, bias=args.qkv_bias)
+        self.wv = nn.Linear(args.dim, self.n_kv * self.hd, bias=args.qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.hd, args.dim, bias=False)
+        self.kv_cache = StaticKVCache(max_batch, self.n_kv, args.max_seq_len, self.hd, torch.float32)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = apply_rope(q, cos, sin, self.interleaved)
+        k = apply_rope(k, cos, sin, self.interleaved)
+        k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
+        rep = self.n_heads // self.n_kv
+        # Group query heads by their KV head instead of copying the cache `rep` times.
+        qg = q.reshape(B, self.n_kv, rep * T, self.hd)
+        scores = torch.matmul(qg, k_all.transpose(2, 3)) * (1.0 / math.sqrt(self.hd))
+        scores = scores.view(B, self.n_kv, rep, T, -1) + mask  # mask (T, S) additive
+        probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B, self.n_kv, rep * T, -1)
+        out = torch.matmul(probs, v_all)  # (B, KV, rep*T, hd)
+        out = out.view(B, self.n_heads, T, self.hd).transpose(1, 2).reshape(B, T, -1)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, max_batch: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, max_batch)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        if args.ffn_type != "swiglu":
+            raise ValueError(f"unknown ffn_type {args.ffn_type!r}")
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+
+    def forward(self, x, cos, sin, input_pos, mask):
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """The reference decoder. Parameter names follow llama2.c/Meta (tok_embeddings, layers.N...)."""
+
+    def __init__(self, args: ModelArgs, max_batch: int = 1) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, max_batch) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        angles = torch.outer(torch.arange(args.max_seq_len, dtype=torch.float64), rope_frequencies(args))
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)  # (S, hd/2)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.register_buffer("slots", torch.arange(args.max_seq_len), persistent=False)
+
+    def causal_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """Additive (T, S) mask: token i sees cache slots <= input_pos[i]."""
+        allowed = self.slots.unsqueeze(0) <= input_pos.unsqueeze(1)
+        return torch.where(allowed, 0.0, float("-inf"))
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor,
+                attn_mask: torch.Tensor | None = None, rope_pos: torch.Tensor | None = None,
+                n_layers: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for ``tokens`` (B, T) written at cache slots ``input_pos`` (T,).
+
+        ``attn_mask``: optional boolean (T, S) visibility (tree verification); default causal by
+        slot. ``rope_pos``: positions for RoPE when they differ from slots (tree depth).
+        ``n_layers``: run only the first layers then the final norm and head (early-exit draft).
+        """
+        if attn_mask is None:
+            mask = self.causal_mask(input_pos)
+        else:
+            mask = torch.where(attn_mask, 0.0, float("-inf"))
+        pos = input_pos if rope_pos is None else rope_pos
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        h = self.tok_embeddings(tokens)
+        layers = self.layers if n_layers is None else self.layers[:n_layers]
+        for layer in layers:
+            h = layer(h, cos, sin, input_pos, mask)
+        return self.output(self.norm(h)).float()

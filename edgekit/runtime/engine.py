@@ -1,0 +1,202 @@
+"""One generation engine over interchangeable backends (eager torch, ExecuTorch, onnxruntime).
+
+A backend is anything with ``forward(tokens, start_pos) -> logits (T, V)`` over its own static
+KV cache. The engine owns the position pointer, so rolling back after rejected speculative
+candidates is ``engine.rollback(pos)``: the backend's stale cache rows are masked by position and
+overwritten by the next call.
+
+Example::
+
+    eng = Engine(EagerBackend(lm.model), lm.tokenizer)
+    res = eng.generate(lm.tokenizer.encode("Once upon a time"), max_new_tokens=32)
+    print(res.text)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+import torch
+
+from edgekit.errors import UserError
+from edgekit.models.tokenizer import StreamDecoder, Tokenizer
+
+
+class Backend(Protocol):
+    """What the engine needs from a program holding a static KV cache."""
+
+    name: str
+    max_seq_len: int
+    max_chunk: int  # most tokens one forward accepts
+    vocab_size: int
+
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        """Run ``tokens`` at cache slots start_pos.. and return float32 logits (T, V)."""
+        ...
+
+
+@dataclass
+class SamplingConfig:
+    """temperature 0 -> greedy; otherwise softmax(logits / T) restricted to the top-p nucleus."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UserError(f"temperature {self.temperature} is negative", "use 0 for greedy or a value > 0")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p {self.top_p} is outside (0, 1]", "use e.g. --top-p 0.9")
+
+
+class Sampler:
+    def __init__(self, cfg: SamplingConfig) -> None:
+        self.cfg = cfg
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution actually sampled from (after temperature and top-p), shape (V,)."""
+        p = torch.softmax(logits.float() / max(self.cfg.temperature, 1e-8), dim=-1)
+        if self.cfg.top_p < 1.0:
+            sp, idx = torch.sort(p, descending=True)
+            keep = (sp.cumsum(-1) - sp) < self.cfg.top_p
+            sp = torch.where(keep, sp, torch.zeros_like(sp))
+            p = torch.zeros_like(p).scatter_(-1, idx, sp)
+            p = p / p.sum()
+        return p
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        if self.cfg.temperature == 0:
+            return int(torch.argmax(logits))
+        return int(torch.multinomial(self.probs(logits), 1, generator=self.gen))
+
+
+@dataclass
+class Timings:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # prompt in -> first new token out
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # after the first token
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["prefill_tok_s"] = self.prompt_tokens / self.prefill_s if self.prefill_s else None
+        n = max(self.new_tokens - 1, 0)
+        d["decode_tok_s"] = n / self.decode_s if self.decode_s and n else None
+        return d
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    tokens: list[int]
+    text: str
+    stop_reason: str  # eos | length | context
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict:
+        return {"prompt_ids": self.prompt_ids, "tokens": self.tokens, "text": self.text,
+                "stop_reason": self.stop_reason, "timings": self.timings.to_dict()}
+
+
+class Engine:
+    """Chunked prefill, decode, sampling, stop tokens, streaming, and position rollback."""
+
+    def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None,
+                 stop_ids: Iterable[int] | None = None) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.stop_ids = set(stop_ids if stop_ids is not None else (tokenizer.eos_ids if tokenizer else []))
+        self.pos = 0  # cache rows [0, pos) hold the conversation so far
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def rollback(self, pos: int) -> None:
+        """Forget cache rows at and after ``pos`` (speculative rejection, chat edit)."""
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"rollback to {pos} outside [0, {self.pos}]")
+        self.pos = pos
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """Append ``tokens`` (at most max_chunk) and return their logits (T, V)."""
+        if self.pos + len(tokens) > self.backend.max_seq_len:
+            raise UserError(f"context full: {self.pos} + {len(tokens)} tokens > max_seq_len "
+                            f"{self.backend.max_seq_len}", "shorten the prompt or re-export with a larger --max-seq-len")
+        logits = self.backend.forward(tokens, self.pos)
+        self.pos += len(tokens)
+        return logits
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Feed ``ids`` in chunks of ``max_chunk``; return the last token's logits (V,)."""
+        if not ids:
+            raise UserError("empty prompt", "pass a non-empty --prompt")
+        c = self.backend.max_chunk
+        logits = None
+        for i in range(0, len(ids), c):
+            logits = self.step(ids[i:i + c])
+        return logits[-1]
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int = 64,
+                 sampling: SamplingConfig | None = None,
+                 on_text: Callable[[str], None] | None = None,
+                 on_token: Callable[[int], None] | None = None) -> GenerationResult:
+        """Generate after ``prompt_ids`` (appended to whatever the cache already holds)."""
+        sampler = Sampler(sampling or SamplingConfig())
+        stream = StreamDecoder(self.tokenizer, prompt_ids) if self.tokenizer else None
+        t = Timings(prompt_tokens=len(prompt_ids))
+        t0 = time.perf_counter()
+        logits = self.prefill(prompt_ids)
+        t.prefill_s = time.perf_counter() - t0
+        out: list[int] = []
+        reason = "length"
+        t1 = None
+        for _ in range(max_new_tokens):
+            tok = sampler(logits)
+            if t1 is None:
+                t1 = time.perf_counter()
+                t.ttft_s = t1 - t0
+            if tok in self.stop_ids:
+                reason = "eos"
+                break
+            out.append(tok)
+            if on_token:
+                on_token(tok)
+            if stream and on_text:
+                on_text(stream.push(tok))
+            if len(out) == max_new_tokens:
+                break
+            if self.pos >= self.backend.max_seq_len:
+                reason = "context"
+                break
+            logits = self.step([tok])[-1]
+        t.new_tokens = len(out)
+        t.decode_s = time.perf_counter() - t1 if t1 is not None else 0.0
+        text = ""
+        if self.tokenizer:
+            full = self.tokenizer.decode(prompt_ids + out)
+            head = self.tokenizer.decode(prompt_ids)
+            text = full[len(head):] if full.startswith(head) else self.tokenizer.decode(out)
+        return GenerationResult(list(prompt_ids), out, text, reason, t)
+
+
+class EagerBackend:
+    """The reference torch model as a backend (no export)."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module, max_chunk: int | None = None) -> None:
+        self.model = model.eval()
+        self.max_seq_len = model.args.max_seq_len
+        self.max_chunk = max_chunk or self.max_seq_len
+        self.vocab_size = model.args.vocab_size
+
+    @torch.inference_mode()
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        t = torch.tensor([tokens], dtype=torch.long)
+        pos = torch.arange(start_pos, start_pos + len(tokens))
+        return self.model(t, pos)[0]
