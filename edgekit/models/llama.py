@@ -78,6 +78,16 @@ class StaticKVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
 
+    def resize(self, n: int) -> None:
+        """Reallocate to ``n`` slots, keeping the first min(old, n) rows (eager only)."""
+        B, H, S, D = self.k_cache.shape
+        keep = min(S, n)
+        for name in ("k_cache", "v_cache"):
+            old = getattr(self, name)
+            new = old.new_zeros((B, H, n, D))
+            new[:, :, :keep] = old[:, :, :keep]
+            setattr(self, name, new)
+
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, n_kv, T, hd) at slots ``input_pos`` (T,); return the whole cache."""
         self.k_cache.index_copy_(2, input_pos, k)
@@ -161,6 +171,23 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
         self.register_buffer("slots", torch.arange(args.max_seq_len), persistent=False)
 
+    @property
+    def cache_len(self) -> int:
+        """Slots in the KV cache (max_seq_len unless resized for a memory budget)."""
+        return self.slots.shape[0]
+
+    def resize_cache(self, n: int) -> None:
+        """Grow or shrink every layer's KV cache to ``n`` slots, keeping existing rows.
+
+        Used by the eager engine's memory manager to size the cache to what a conversation
+        needs instead of the model's full context. Exported programs keep their export size.
+        """
+        if not 0 < n <= self.args.max_seq_len:
+            raise ValueError(f"cache length {n} outside [1, {self.args.max_seq_len}]")
+        for layer in self.layers:
+            layer.attention.kv_cache.resize(n)
+        self.slots = torch.arange(n)
+
     def causal_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
         """Additive (T, S) mask: token i sees cache slots <= input_pos[i]."""
         allowed = self.slots.unsqueeze(0) <= input_pos.unsqueeze(1)
@@ -171,8 +198,8 @@ class Transformer(nn.Module):
                 n_layers: int | None = None) -> torch.Tensor:
         """Logits (B, T, V) for ``tokens`` (B, T) written at cache slots ``input_pos`` (T,).
 
-        ``attn_mask``: optional boolean (T, S) visibility (tree verification); default causal by
-        slot. ``rope_pos``: positions for RoPE when they differ from slots (tree depth).
+        ``attn_mask``: optional boolean (T, S) visibility (tree verification), S = cache_len;
+        default causal by slot. ``rope_pos``: positions for RoPE when they differ from slots (tree depth).
         ``n_layers``: run only the first layers then the final norm and head (early-exit draft).
         """
         if attn_mask is None:
