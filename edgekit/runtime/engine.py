@@ -185,18 +185,48 @@ class Engine:
 
 
 class EagerBackend:
-    """The reference torch model as a backend (no export)."""
+    """The reference torch model as a backend (no export).
+
+    ``n_layers`` runs only the first layers + final norm + head (an early-exit view). Besides
+    ``forward`` it verifies token trees (``forward_tree``) and compacts accepted tree rows.
+    """
 
     name = "eager"
 
-    def __init__(self, model: torch.nn.Module, max_chunk: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, max_chunk: int | None = None, n_layers: int | None = None) -> None:
         self.model = model.eval()
         self.max_seq_len = model.args.max_seq_len
         self.max_chunk = max_chunk or self.max_seq_len
         self.vocab_size = model.args.vocab_size
+        self.n_layers = n_layers
 
     @torch.inference_mode()
     def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
         t = torch.tensor([tokens], dtype=torch.long)
         pos = torch.arange(start_pos, start_pos + len(tokens))
-        return self.model(t, pos)[0]
+        return self.model(t, pos, n_layers=self.n_layers)[0]
+
+    @torch.inference_mode()
+    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int]) -> torch.Tensor:
+        """Logits (T, V) for a token tree written at slots start_pos..start_pos+T-1; node i sees
+        the prefix and its ancestors, at RoPE position start_pos + depth(i)."""
+        from edgekit.runtime.spec import tree_depths, tree_visibility
+
+        n = len(tokens)
+        slots = torch.arange(start_pos, start_pos + n)
+        mask = self.model.slots.unsqueeze(0) < start_pos  # (1, S) prefix
+        mask = mask.expand(n, -1).clone()
+        mask[:, start_pos:start_pos + n] = tree_visibility(parents)
+        rope = start_pos + torch.tensor(tree_depths(parents))
+        t = torch.tensor([tokens], dtype=torch.long)
+        return self.model(t, slots, attn_mask=mask, rope_pos=rope, n_layers=self.n_layers)[0]
+
+    @torch.inference_mode()
+    def compact(self, start_pos: int, nodes: list[int]) -> None:
+        """Move cache rows start_pos+nodes[i] to start_pos+i (the accepted tree path)."""
+        src = torch.tensor(nodes) + start_pos
+        dst = torch.arange(start_pos, start_pos + len(nodes))
+        for layer in self.model.layers:
+            c = layer.attention.kv_cache
+            c.k_cache[:, :, dst] = c.k_cache[:, :, src]
+            c.v_cache[:, :, dst] = c.v_cache[:, :, src]

@@ -1,0 +1,296 @@
+"""Speculative decoding: drafters, chain and tree verification, greedy and lossless sampling.
+
+The target is any backend the :class:`Engine` drives. A step writes the last accepted token and
+the draft candidates into the cache tail at ``pos``, verifies them in one forward, keeps the
+accepted rows and rolls the position back, so rejected candidates hold no cache rows. Trees are
+verified with a node-visibility mask and per-node RoPE positions, then the accepted path's rows
+are compacted to contiguous slots.
+
+Example::
+
+    target = Engine(EagerBackend(lm.model), lm.tokenizer)
+    drafter = ModelDrafter(EarlyExitBackend(lm.model, n_layers=2), shared_with=target)
+    res = SpecDecoder(target, drafter, SpecConfig(k=4)).generate(ids, max_new_tokens=64)
+    res.tau  # mean tokens accepted per target forward (incl. the bonus token)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from edgekit.errors import UserError
+from edgekit.runtime.engine import EagerBackend, Engine, GenerationResult, Sampler, SamplingConfig, Timings
+
+
+@dataclass
+class SpecConfig:
+    """``k``: chain draft length. ``tree``: (branch, max_nodes) for tree drafting, or None."""
+
+    k: int = 4
+    tree: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise UserError(f"draft length {self.k} < 1", "use a draft length of at least 1")
+        if self.tree is not None:
+            b, t = self.tree
+            if b < 1 or t < 2:
+                raise UserError(f"tree {self.tree} invalid", "use --tree BRANCH,NODES with BRANCH>=1, NODES>=2")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """T: rows one verification writes (the last token plus candidates)."""
+        return self.tree[1] if self.tree else self.k + 1
+
+
+class TreeBackend(Protocol):
+    """A backend that can verify a token tree and compact accepted rows."""
+
+    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int]) -> torch.Tensor: ...
+
+    def compact(self, start_pos: int, nodes: list[int]) -> None: ...
+
+
+def tree_depths(parents: list[int]) -> list[int]:
+    """Depth of each node; ``parents[i] < i`` (node 0 is the root, parent -1)."""
+    d = []
+    for i, p in enumerate(parents):
+        d.append(0 if p < 0 else d[p] + 1)
+    return d
+
+
+def tree_visibility(parents: list[int]) -> torch.Tensor:
+    """(T, T) bool: node i sees node j iff j is i or an ancestor of i."""
+    n = len(parents)
+    vis = torch.zeros(n, n, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        vis[i, i] = True
+        if p >= 0:
+            vis[i] |= vis[p]
+    return vis
+
+
+class EarlyExitBackend(EagerBackend):
+    """The target's first ``n_layers`` + final norm + head as a draft (no extra weights).
+
+    It shares the target's KV cache: rows it writes for layers < n_layers are the same values
+    the target computes for the same tokens, and the target overwrites them on verification.
+    """
+
+    def __init__(self, model: torch.nn.Module, n_layers: int) -> None:
+        super().__init__(model, n_layers=n_layers)
+        if not 1 <= n_layers < model.args.n_layers:
+            raise UserError(f"early-exit depth {n_layers} outside [1, {model.args.n_layers - 1}]",
+                            "use --draft early-exit:K with K smaller than the model's layer count")
+        self.name = f"early-exit:{n_layers}"
+
+
+class ModelDrafter:
+    """Drafts with any backend: a separate small model, an early-exit view, a quantized copy.
+
+    It tracks which tokens its cache holds (``fed``) and re-syncs by common prefix, so target
+    rejections roll it back for free. With ``shared_with`` (an early-exit view of the target's
+    own model), the target's accepted rows are the draft's rows too.
+    """
+
+    def __init__(self, backend, shared_with: Engine | None = None) -> None:
+        self.backend = backend
+        self.shared = shared_with
+        self.fed: list[int] = []
+        self.name = getattr(backend, "name", "draft")
+
+    def _run(self, tokens: list[int], start: int) -> torch.Tensor:
+        return self.backend.forward(tokens, start)
+
+    def sync(self, context: list[int]) -> torch.Tensor:
+        """Make the cache hold ``context`` and return the draft logits after its last token."""
+        if self.shared is not None:
+            self.fed = context[: self.shared.pos]
+        c = 0
+        for a, b in zip(self.fed, context[:-1]):
+            if a != b:
+                break
+            c += 1
+        todo = context[c:]
+        chunk = self.backend.max_chunk
+        logits = None
+        for i in range(0, len(todo), chunk):
+            logits = self._run(todo[i:i + chunk], c + i)
+        self.fed = list(context)
+        return logits[-1]
+
+    def chain(self, context: list[int], k: int, sampler: Sampler | None) -> tuple[list[int], list[torch.Tensor]]:
+        """k draft tokens after ``context`` and the distributions they were drawn from."""
+        logits = self.sync(context)
+        toks, qs = [], []
+        for i in range(k):
+            if sampler is None or sampler.cfg.temperature == 0:
+                t, q = int(torch.argmax(logits)), None
+            else:
+                q = sampler.probs(logits)
+                t = int(torch.multinomial(q, 1, generator=sampler.gen))
+            toks.append(t)
+            qs.append(q)
+            if i + 1 < k:
+                logits = self._run([t], len(self.fed))[-1]
+                self.fed.append(t)
+        return toks, qs
+
+    def tree(self, context: list[int], branch: int, max_nodes: int) -> tuple[list[int], list[int]]:
+        """Greedy top-``branch`` tree of at most ``max_nodes`` nodes rooted at context[-1]."""
+        root_logits = self.sync(context)
+        start = len(context) - 1
+        tokens, parents, score = [context[-1]], [-1], [0.0]
+        logp = {0: torch.log_softmax(root_logits.float(), -1)}
+        frontier = [0]
+        while len(tokens) < max_nodes and frontier:
+            cands = []
+            for n in frontier:
+                top = torch.topk(logp[n], branch)
+                cands += [(score[n] + float(v), n, int(t)) for v, t in zip(top.values, top.indices)]
+            cands.sort(key=lambda c: -c[0])
+            cands = cands[: max_nodes - len(tokens)]
+            frontier = []
+            for s, p, t in cands:
+                frontier.append(len(tokens))
+                tokens.append(t)
+                parents.append(p)
+                score.append(s)
+            if len(tokens) >= max_nodes:
+                break
+            # One draft forward over the whole tree gives logits for the new frontier.
+            lg = self.backend.forward_tree(tokens, start, parents)
+            for n in frontier:
+                logp[n] = torch.log_softmax(lg[n].float(), -1)
+        self.fed = list(context[:-1])  # tree rows are scratch; resync next time
+        return tokens, parents
+
+
+@dataclass
+class SpecResult(GenerationResult):
+    steps: int = 0  # target verification forwards
+    accepted: list[int] = field(default_factory=list)  # tokens emitted per step
+
+    @property
+    def tau(self) -> float:
+        return sum(self.accepted) / max(self.steps, 1)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update(steps=self.steps, tau=self.tau)
+        return d
+
+
+class SpecDecoder:
+    """Speculative generation on a target :class:`Engine` with a drafter."""
+
+    def __init__(self, target: Engine, drafter: ModelDrafter, cfg: SpecConfig) -> None:
+        self.target = target
+        self.drafter = drafter
+        self.cfg = cfg
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int = 64,
+                 sampling: SamplingConfig | None = None,
+                 on_token: Callable[[int], None] | None = None) -> SpecResult:
+        """Greedy (temperature 0) output equals plain greedy decoding of the target token for
+        token; with temperature > 0 the output follows the target's distribution exactly."""
+        sampler = Sampler(sampling or SamplingConfig())
+        greedy = sampler.cfg.temperature == 0
+        if self.cfg.tree and not greedy:
+            raise UserError("tree drafting is greedy-only", "use --temperature 0 or a chain draft")
+        eng, t = self.target, Timings(prompt_tokens=len(prompt_ids))
+        t0 = time.perf_counter()
+        context = list(prompt_ids)
+        first = sampler(eng.prefill(prompt_ids))
+        t.prefill_s = t.ttft_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        out, accepted, steps, reason = [first], [1], 0, "length"
+        context.append(first)
+        if first in eng.stop_ids:
+            out, reason = [], "eos"
+        while out and len(out) < max_new_tokens and reason == "length":
+            room = eng.backend.max_seq_len - eng.pos - 1
+            if room < 2:
+                reason = "context"
+                break
+            if self.cfg.tree:
+                new = self._tree_step(context, min(self.cfg.tree[1], room))
+            else:
+                new = self._chain_step(context, min(self.cfg.k, room - 1), sampler, greedy)
+            steps += 1
+            for tok in new:
+                if tok in eng.stop_ids:
+                    reason = "eos"
+                    break
+                out.append(tok)
+                context.append(tok)
+                if on_token:
+                    on_token(tok)
+                if len(out) == max_new_tokens:
+                    break
+            accepted.append(len(new))
+        t.decode_s = time.perf_counter() - t1
+        out = out[:max_new_tokens]
+        t.new_tokens = len(out)
+        text = ""
+        if eng.tokenizer:
+            full, head = eng.tokenizer.decode(prompt_ids + out), eng.tokenizer.decode(prompt_ids)
+            text = full[len(head):] if full.startswith(head) else eng.tokenizer.decode(out)
+        return SpecResult(list(prompt_ids), out, text, reason, t, steps=steps, accepted=accepted[1:])
+
+    def _chain_step(self, context: list[int], k: int, sampler: Sampler, greedy: bool) -> list[int]:
+        eng = self.target
+        start = eng.pos  # == len(context) - 1: context[-1] is not in the target cache yet
+        drafts, qs = self.drafter.chain(context, k, None if greedy else sampler)
+        logits = eng.step([context[-1]] + drafts)  # (k+1, V)
+        new: list[int] = []
+        for i, d in enumerate(drafts):
+            if greedy:
+                tgt = int(torch.argmax(logits[i]))
+                if tgt != d:
+                    new.append(tgt)
+                    break
+                new.append(d)
+            else:
+                p = sampler.probs(logits[i])
+                q = qs[i]
+                r = torch.rand((), generator=sampler.gen)
+                if float(r) < min(1.0, float(p[d] / q[d])):
+                    new.append(d)
+                    continue
+                resid = torch.clamp(p - q, min=0)
+                resid = resid / resid.sum() if float(resid.sum()) > 0 else p
+                new.append(int(torch.multinomial(resid, 1, generator=sampler.gen)))
+                break
+        else:
+            new.append(sampler(logits[k]))  # all accepted: bonus token from the last row
+        # Keep rows for context[-1] and the accepted drafts; the last new token is not fed yet.
+        eng.rollback(start + len(new))
+        return new
+
+    def _tree_step(self, context: list[int], max_nodes: int) -> list[int]:
+        eng = self.target
+        start = eng.pos
+        b = self.cfg.tree[0]
+        tokens, parents = self.drafter.tree(context, b, max_nodes)
+        logits = eng.backend.forward_tree(tokens, start, parents)  # (T, V)
+        children: dict[int, dict[int, int]] = {}
+        for i, p in enumerate(parents):
+            if p >= 0:
+                children.setdefault(p, {})[tokens[i]] = i
+        path, node, new = [0], 0, []
+        while True:
+            tgt = int(torch.argmax(logits[node]))
+            new.append(tgt)
+            nxt = children.get(node, {}).get(tgt)
+            if nxt is None:
+                break
+            path.append(nxt)
+            node = nxt
+        eng.backend.compact(start, path)  # rows of the accepted path -> start, start+1, ...
+        eng.pos = start + len(path)
+        return new
