@@ -195,12 +195,14 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, rope_pos: torch.Tensor | None = None,
-                n_layers: int | None = None) -> torch.Tensor:
+                n_layers: int | None = None, return_hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for ``tokens`` (B, T) written at cache slots ``input_pos`` (T,).
 
         ``attn_mask``: optional boolean (T, S) visibility (tree verification), S = cache_len;
         default causal by slot. ``rope_pos``: positions for RoPE when they differ from slots (tree depth).
         ``n_layers``: run only the first layers then the final norm and head (early-exit draft).
+        ``return_hidden``: return the final-normed hidden states (B, T, dim) instead of logits, so
+        a caller can apply the head to only the rows it needs (speculative tree verification).
         """
         if attn_mask is None:
             mask = self.causal_mask(input_pos)
@@ -212,4 +214,5 @@ class Transformer(nn.Module):
         layers = self.layers if n_layers is None else self.layers[:n_layers]
         for layer in layers:
             h = layer(h, cos, sin, input_pos, mask)
-        return self.output(self.norm(h)).float()
+        h = self.norm(h)
+        return h if return_hidden else self.output(h).float()

@@ -184,6 +184,9 @@ class Engine:
         return GenerationResult(list(prompt_ids), out, text, reason, t)
 
 
+HEAD_ROWS = 8  # rows of the LM head computed at once when only argmaxes are kept
+
+
 class EagerBackend:
     """The reference torch model as a backend (no export).
 
@@ -207,9 +210,14 @@ class EagerBackend:
         return self.model(t, pos, n_layers=self.n_layers)[0]
 
     @torch.inference_mode()
-    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int]) -> torch.Tensor:
-        """Logits (T, V) for a token tree written at slots start_pos..start_pos+T-1; node i sees
-        the prefix and its ancestors, at RoPE position start_pos + depth(i)."""
+    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int],
+                     rows: list[int] | None = None, argmax_only: bool = False) -> torch.Tensor:
+        """Logits for a token tree written at slots start_pos..start_pos+T-1; node i sees the
+        prefix and its ancestors, at RoPE position start_pos + depth(i).
+
+        Returns logits (T, V), or only for ``rows`` (len(rows), V), or with ``argmax_only`` the
+        argmax per node (T,) computed a few rows at a time so no T x V buffer is ever held.
+        """
         from edgekit.runtime.spec import tree_depths, tree_visibility
 
         n = len(tokens)
@@ -219,7 +227,13 @@ class EagerBackend:
         mask[:, start_pos:start_pos + n] = tree_visibility(parents)
         rope = start_pos + torch.tensor(tree_depths(parents))
         t = torch.tensor([tokens], dtype=torch.long)
-        return self.model(t, slots, attn_mask=mask, rope_pos=rope, n_layers=self.n_layers)[0]
+        h = self.model(t, slots, attn_mask=mask, rope_pos=rope, n_layers=self.n_layers, return_hidden=True)[0]
+        head = self.model.output
+        if argmax_only:
+            return torch.cat([head(h[i:i + HEAD_ROWS]).argmax(-1) for i in range(0, n, HEAD_ROWS)])
+        if rows is not None:
+            h = h[rows]
+        return head(h).float()
 
     @torch.inference_mode()
     def compact(self, start_pos: int, nodes: list[int]) -> None:

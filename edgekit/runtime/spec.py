@@ -162,10 +162,10 @@ class ModelDrafter:
                 score.append(s)
             if len(tokens) >= max_nodes:
                 break
-            # One draft forward over the whole tree gives logits for the new frontier.
-            lg = self.backend.forward_tree(tokens, start, parents)
-            for n in frontier:
-                logp[n] = torch.log_softmax(lg[n].float(), -1)
+            # One draft forward over the whole tree; the head runs only for the new frontier.
+            lg = self.backend.forward_tree(tokens, start, parents, rows=frontier)
+            for j, n in enumerate(frontier):
+                logp[n] = torch.log_softmax(lg[j].float(), -1)
         self.fed = list(context[:-1])  # tree rows are scratch; resync next time
         return tokens, parents
 
@@ -277,14 +277,15 @@ class SpecDecoder:
         start = eng.pos
         b = self.cfg.tree[0]
         tokens, parents = self.drafter.tree(context, b, max_nodes)
-        logits = eng.backend.forward_tree(tokens, start, parents)  # (T, V)
+        # Greedy acceptance needs only each node's argmax: no T x V logits are kept.
+        best = eng.backend.forward_tree(tokens, start, parents, argmax_only=True)  # (T,)
         children: dict[int, dict[int, int]] = {}
         for i, p in enumerate(parents):
             if p >= 0:
                 children.setdefault(p, {})[tokens[i]] = i
         path, node, new = [0], 0, []
         while True:
-            tgt = int(torch.argmax(logits[node]))
+            tgt = int(best[node])
             new.append(tgt)
             nxt = children.get(node, {}).get(tgt)
             if nxt is None:
