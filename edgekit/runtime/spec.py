@@ -47,6 +47,9 @@ class SpecConfig:
         return self.tree[1] if self.tree else self.k + 1
 
 
+RANKS = 16  # draft ranks tracked for the acceptance model
+
+
 class TreeBackend(Protocol):
     """A backend that can verify a token tree and compact accepted rows."""
 
@@ -102,6 +105,7 @@ class ModelDrafter:
         self.shared = shared_with
         self.fed: list[int] = []
         self.name = getattr(backend, "name", "draft")
+        self.top: list[list[int]] = []  # draft's top-RANKS tokens at each drafted position
 
     def _run(self, tokens: list[int], start: int) -> torch.Tensor:
         return self.backend.forward(tokens, start)
@@ -127,7 +131,9 @@ class ModelDrafter:
         """k draft tokens after ``context`` and the distributions they were drawn from."""
         logits = self.sync(context)
         toks, qs = [], []
+        self.top = []
         for i in range(k):
+            self.top.append(torch.topk(logits, min(RANKS, logits.numel())).indices.tolist())
             if sampler is None or sampler.cfg.temperature == 0:
                 t, q = int(torch.argmax(logits)), None
             else:
@@ -188,23 +194,35 @@ class SpecResult(GenerationResult):
 class SpecDecoder:
     """Speculative generation on a target :class:`Engine` with a drafter."""
 
-    def __init__(self, target: Engine, drafter: ModelDrafter, cfg: SpecConfig) -> None:
+    def __init__(self, target: Engine, drafter: ModelDrafter, cfg: SpecConfig,
+                 observe: Callable[[int | None], None] | None = None) -> None:
+        """``observe(rank)`` is called for every verified draft position with the draft rank of
+        the target's token (None when outside the tracked ranks): SpecMemo's online model."""
         self.target = target
         self.drafter = drafter
         self.cfg = cfg
+        self.observe = observe or (lambda rank: None)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 64,
                  sampling: SamplingConfig | None = None,
-                 on_token: Callable[[int], None] | None = None) -> SpecResult:
+                 on_token: Callable[[int], None] | None = None,
+                 history: list[int] | None = None) -> SpecResult:
         """Greedy (temperature 0) output equals plain greedy decoding of the target token for
-        token; with temperature > 0 the output follows the target's distribution exactly."""
+        token; with temperature > 0 the output follows the target's distribution exactly.
+
+        ``history``: the tokens already in the target's cache (a chat's earlier turns);
+        ``prompt_ids`` are appended after them.
+        """
         sampler = Sampler(sampling or SamplingConfig())
         greedy = sampler.cfg.temperature == 0
         if self.cfg.tree and not greedy:
             raise UserError("tree drafting is greedy-only", "use --temperature 0 or a chain draft")
         eng, t = self.target, Timings(prompt_tokens=len(prompt_ids))
         t0 = time.perf_counter()
-        context = list(prompt_ids)
+        history = list(history or [])
+        if len(history) != eng.pos:
+            raise ValueError(f"history has {len(history)} tokens but the cache holds {eng.pos}")
+        context = history + list(prompt_ids)
         first = sampler(eng.prefill(prompt_ids))
         t.prefill_s = t.ttft_s = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -251,6 +269,8 @@ class SpecDecoder:
         for i, d in enumerate(drafts):
             if greedy:
                 tgt = int(torch.argmax(logits[i]))
+                top = self.drafter.top[i]
+                self.observe(top.index(tgt) if tgt in top else None)
                 if tgt != d:
                     new.append(tgt)
                     break
@@ -287,7 +307,10 @@ class SpecDecoder:
         while True:
             tgt = int(best[node])
             new.append(tgt)
-            nxt = children.get(node, {}).get(tgt)
+            kids = children.get(node, {})
+            nxt = kids.get(tgt)
+            if kids:  # children are in draft-rank order
+                self.observe(list(kids).index(tgt) if nxt is not None else None)
             if nxt is None:
                 break
             path.append(nxt)

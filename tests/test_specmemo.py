@@ -1,0 +1,75 @@
+"""SpecMemo: budget checks before allocation, KV sized per turn, chat reuse, same tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekit.errors import BudgetError
+from edgekit.models.load import load_model
+from edgekit.runtime.engine import EagerBackend, Engine
+from edgekit.runtime.memory import MIB, SpecMemo, model_weight_bytes
+from edgekit.runtime.session import ChatSession
+from edgekit.runtime.spec import SpecConfig
+
+
+def _plain_chat(lm, turns, n):
+    """Reference: plain greedy over the concatenated conversation, turn by turn."""
+    eng = Engine(EagerBackend(lm.model), lm.tokenizer)
+    hist, outs, pending = [], [], []
+    for i, text in enumerate(turns):
+        ids = pending + lm.tokenizer.encode(text, bos=i == 0)
+        res = eng.generate(ids, n)
+        outs.append(res.tokens)
+        full = hist + ids + res.tokens
+        hist, pending = full[: eng.pos], full[eng.pos:]
+    return outs
+
+
+@pytest.mark.parametrize("draft,spec", [("early-exit:4", None), ("early-exit:3", SpecConfig(k=3)),
+                                        ("early-exit:4", SpecConfig(tree=(4, 16)))])
+def test_chat_under_budget_matches_plain_greedy(stories_dir, draft, spec):
+    turns = ["Once upon a time", " Lily went to the park.", " The end. One day"]
+    want = _plain_chat(load_model(stories_dir), turns, 40)
+    lm = load_model(stories_dir)
+    w = model_weight_bytes(lm.model)
+    s = ChatSession(lm, budget_mb=(w + 2 * MIB) / MIB, draft=draft, spec=spec)
+    got = [s.turn(t, 40).tokens for t in turns]
+    assert got == want
+    rows = [t.kv_rows for t in s.turns]
+    assert rows == sorted(rows) and rows[0] < lm.args.max_seq_len  # grown per turn, not preallocated
+    assert rows[0] % 64 == 0
+    rep = s.report()
+    assert rep["generation_bytes"] < 2 * MIB
+    assert {"kv_cache", "spec.candidate_tail", "activations"} <= set(rep["memory"])
+
+
+def test_budget_too_small_for_plain_decoding_names_the_minimum(stories_dir):
+    lm = load_model(stories_dir)
+    with pytest.raises(BudgetError) as e:
+        ChatSession(lm, budget_mb=0.5, draft="early-exit:2")
+    assert "--budget-mb" in e.value.hint
+    need = int(e.value.hint.split("--budget-mb ")[1].split()[0])
+    ChatSession(load_model(stories_dir), budget_mb=need, draft="none")  # the named minimum works
+
+
+def test_choice_is_smallest_within_96_percent(stories_dir):
+    lm = load_model(stories_dir)
+    mm = SpecMemo.for_model(lm.model, 1 << 40, draft_kind="early-exit", exit_layer=4)
+    for _ in range(200):  # measured: target token is the draft's top-1 80% of the time
+        mm.accept.observe(0)
+    for r in [None] * 30 + [1] * 20:
+        mm.accept.observe(r)
+    choice = mm.choose(256)
+    from edgekit.runtime.memory import CHAINS, TREES
+
+    best = max(mm.predicted_tok_s(o) for o in CHAINS + TREES)
+    assert mm.predicted_tok_s(choice) >= 0.96 * best
+    cheaper = [o for o in CHAINS + TREES
+               if mm.generation(256 + o.tokens_per_step, o) < mm.generation(256 + choice.tokens_per_step, choice)]
+    assert all(mm.predicted_tok_s(o) < 0.96 * best for o in cheaper)
+    # A budget that cannot hold the big trees' tails forces a smaller setting, still fitting.
+    w = model_weight_bytes(lm.model)
+    tight = SpecMemo.for_model(lm.model, w + mm.generation(256 + 2, SpecConfig(k=1)) + 1,
+                               draft_kind="early-exit", exit_layer=4)
+    c2 = tight.choose(256)
+    assert c2 is not None and tight.total(256 + c2.tokens_per_step, c2) <= tight.budget
