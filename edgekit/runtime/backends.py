@@ -1,0 +1,136 @@
+"""Engine backends over exported programs: ExecuTorch (.pte) and onnxruntime (.onnx).
+
+Both satisfy ``edgekit.runtime.engine.Backend``: ``forward(tokens, start_pos) -> logits (T, V)``.
+Rolling back is the engine passing a smaller ``start_pos``: the ExecuTorch program masks its
+stale cache rows by position, the ONNX backend slices its past K/V to ``start_pos``.
+
+Example::
+
+    be = ExecuTorchBackend("pkg/model.pte")
+    eng = Engine(be, tokenizer)
+    eng.step([1, 5, 9]); eng.rollback(1); eng.step([7])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.errors import PackageError, UserError
+from edgekit.export.package import EDGEKIT_ABI
+
+
+def set_executorch_threads(n: int | None) -> None:
+    """Resize ExecuTorch's shared threadpool (XNNPACK); None leaves the default."""
+    if n:
+        from executorch.extension.pybindings import _C
+
+        _C._unsafe_reset_threadpool(int(n))
+
+
+class ExecuTorchBackend:
+    """A loaded .pte following edgekit ABI 1 (see edgekit/export/executorch.py).
+
+    Each instance loads its own ``forward`` Method, which owns its own KV cache buffers, so two
+    backends over the same file are independent conversations.
+    """
+
+    name = "executorch"
+
+    def __init__(self, pte_path: str | Path, threads: int | None = None) -> None:
+        from executorch.runtime import Runtime
+
+        self.path = Path(pte_path)
+        set_executorch_threads(threads)
+        try:
+            self.program = Runtime.get().load_program(self.path)
+        except (RuntimeError, ValueError) as e:
+            raise PackageError(f"{self.path}: ExecuTorch cannot load it ({str(e).splitlines()[0]})",
+                               "re-export the package") from None
+        names = set(self.program.method_names)
+        if "forward" not in names or "get_edgekit_abi" not in names:
+            raise PackageError(f"{self.path}: not an edgekit program (methods {sorted(names)})",
+                               "export it with `edgekit export`")
+        abi = self.constant("get_edgekit_abi")
+        if abi != EDGEKIT_ABI:
+            raise PackageError(f"{self.path}: edgekit ABI {abi}, this runtime speaks {EDGEKIT_ABI}",
+                               "re-export with this edgekit version")
+        self.max_seq_len = self.constant("get_max_seq_len")
+        self.max_chunk = self.constant("get_max_chunk")
+        self.vocab_size = self.constant("get_vocab_size")
+        self.n_layers = self.constant("get_n_layers")
+        self.method = self.program.load_method("forward")
+
+    def constant(self, name: str) -> int:
+        return int(self.program.load_method(name).execute([])[0])
+
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        T = len(tokens)
+        if not 1 <= T <= self.max_chunk:
+            raise UserError(f"{T} tokens in one call; this program takes 1..{self.max_chunk}",
+                            "feed longer inputs in chunks (Engine.prefill does)")
+        t = torch.tensor([tokens], dtype=torch.long)
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long)
+        return self.method.execute([t, pos])[0][0]  # (T, V)
+
+
+class OnnxBackend:
+    """An onnxruntime session over the concat-cache ONNX program (see edgekit/export/onnx.py).
+
+    Keeps the past K/V as numpy arrays (1, n_kv, past_len, hd) per layer; a call at
+    ``start_pos < past_len`` first slices the past to ``start_pos`` (rollback).
+    """
+
+    name = "onnx"
+
+    def __init__(self, onnx_path: str | Path, n_layers: int, max_seq_len: int, vocab_size: int,
+                 max_chunk: int | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise PackageError(f"{self.path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})",
+                               "re-export the package") from None
+        self.n_layers = n_layers
+        self.max_seq_len = max_seq_len
+        self.max_chunk = max_chunk or max_seq_len
+        self.vocab_size = vocab_size
+        inp = {i.name: i for i in self.sess.get_inputs()}
+        k0 = inp.get("past_key_values.0.key")
+        if k0 is None or "input_ids" not in inp or "position_ids" not in inp:
+            raise PackageError(f"{self.path}: inputs {sorted(inp)} do not follow the edgekit ONNX contract",
+                               "re-export the package")
+        self.n_kv, self.hd = int(k0.shape[1]), int(k0.shape[3])
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.reset()
+
+    def reset(self) -> None:
+        empty = np.zeros((1, self.n_kv, 0, self.hd), np.float32)
+        self.past = [(empty, empty) for _ in range(self.n_layers)]
+        self.past_len = 0
+
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        if start_pos > self.past_len:
+            raise ValueError(f"start_pos {start_pos} is past the cached length {self.past_len}")
+        if start_pos < self.past_len:  # rollback: forget rows >= start_pos
+            self.past = [(k[:, :, :start_pos], v[:, :, :start_pos]) for k, v in self.past]
+            self.past_len = start_pos
+        T = len(tokens)
+        feed = {"input_ids": np.asarray([tokens], dtype=np.int64),
+                "position_ids": np.arange(start_pos, start_pos + T, dtype=np.int64)[None]}
+        for i, (k, v) in enumerate(self.past):
+            feed[f"past_key_values.{i}.key"] = k
+            feed[f"past_key_values.{i}.value"] = v
+        outs = self.sess.run(self.out_names, feed)
+        self.past = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(self.n_layers)]
+        self.past_len = start_pos + T
+        return torch.from_numpy(outs[0][0])  # (T, V)

@@ -1,0 +1,88 @@
+"""Open an exported package: checksums first, then tokenizer and backends.
+
+Example::
+
+    pkg = load_package("out/stories")          # raises PackageError if any file is damaged
+    eng = pkg.engine("executorch", threads=2)
+    print(eng.generate(pkg.tokenizer.encode("Once upon a time"), 32).text)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import PackageError, UserError
+from edgekit.export.package import read_manifest, require_files
+from edgekit.models.config import ModelArgs
+
+BACKENDS = ("executorch", "onnx")
+
+
+@dataclass
+class Package:
+    dir: Path
+    manifest: dict[str, Any]
+    tokenizer: Any
+    args: ModelArgs
+
+    @property
+    def kinds(self) -> list[str]:
+        """Programs the package holds, in preference order (executorch first)."""
+        return [k for k in BACKENDS if k in self.manifest["programs"]]
+
+    def program_path(self, kind: str) -> Path:
+        if kind not in self.manifest["programs"]:
+            raise UserError(f"package {self.dir} has no {kind} program (it has {', '.join(self.kinds) or 'none'})",
+                            f"re-export with --format {kind} or --format both")
+        return self.dir / self.manifest["programs"][kind]["file"]
+
+    def weight_bytes(self, kind: str) -> int:
+        """Bytes of the program's file(s): what one decode step streams from memory, roughly."""
+        return int(self.manifest["programs"][kind]["size"])
+
+    def backend(self, kind: str | None = None, threads: int | None = None):
+        """A fresh backend (with its own KV cache) over the ``kind`` program (default: first)."""
+        from edgekit.runtime.backends import ExecuTorchBackend, OnnxBackend
+
+        kind = kind or (self.kinds[0] if self.kinds else "executorch")
+        if kind not in BACKENDS:
+            raise UserError(f"unknown backend {kind!r}", "use executorch or onnx")
+        path = self.program_path(kind)
+        if kind == "executorch":
+            return ExecuTorchBackend(path, threads=threads)
+        return OnnxBackend(path, self.args.n_layers, self.manifest["max_seq_len"], self.args.vocab_size,
+                           max_chunk=self.manifest["max_chunk"], threads=threads)
+
+    def engine(self, kind: str | None = None, threads: int | None = None):
+        from edgekit.runtime.engine import Engine
+
+        return Engine(self.backend(kind, threads), self.tokenizer,
+                      stop_ids=self.manifest.get("generation", {}).get("stop_ids", self.tokenizer.eos_ids))
+
+
+def load_tokenizer(pkg: Path, info: dict[str, Any]):
+    from edgekit.models.tokenizer import HFTokenizer, Llama2cTokenizer
+
+    path = pkg / info["file"]
+    if info["kind"] == "llama2c":
+        tok = Llama2cTokenizer.from_file(path, info["vocab_size"])
+        tok.bos_id = info["bos_id"]
+        tok.eos_ids = list(info["eos_ids"])
+        return tok
+    if info["kind"] == "hf":
+        return HFTokenizer(path, info["bos_id"], list(info["eos_ids"]), bool(info.get("add_bos", False)))
+    raise PackageError(f"{pkg / 'manifest.json'}: unknown tokenizer kind {info['kind']!r}",
+                       "re-export with this edgekit version")
+
+
+def load_package(pkg: str | Path, check: bool = True) -> Package:
+    """Read the manifest, check every file's size and sha256 (unless ``check=False``), load the
+    tokenizer. Raises ``PackageError`` naming the first damaged file."""
+    pkg = Path(pkg)
+    m = read_manifest(pkg)
+    if check:
+        require_files(pkg, m)
+    args = ModelArgs.from_dict(m["config"])
+    return Package(pkg, m, load_tokenizer(pkg, m["tokenizer"]), args)
