@@ -1,0 +1,218 @@
+"""The native runner (C++ over the executorch wheel) against the eager reference, and its errors.
+
+The runner is built once per session (cached by source hash, so usually only on the first run
+after an edit). A missing cmake or compiler makes these tests FAIL, not skip: CI has both.
+Test programs are exported here with the edgekit ABI-1 contract (forward(tokens, input_pos) ->
+logits, KV cache as mutable buffers, int constant methods).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.errors import PackageError, UserError
+from edgekit.models.config import ModelArgs
+from edgekit.models.llama import Transformer
+from edgekit.runtime.engine import EagerBackend, Engine
+
+from conftest import run_cli
+
+
+def export_pte(model: Transformer, path: Path, max_chunk: int, abi: int = 1) -> Path:
+    """Export ``model`` as an edgekit ABI program lowered to XNNPACK; returns ``path``."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from torch.export import Dim, export
+
+    a = model.args
+    T = Dim("T", min=1, max=max_chunk)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2))
+    with torch.no_grad():
+        # Deferred runtime asserts: otherwise the (T * min(hd, 2*hd*T)) reshape guard makes
+        # torch.export reject T=1 as a valid chunk length.
+        ep = export(model.eval(), example, dynamic_shapes=({1: T}, {0: T}), strict=False,
+                    prefer_deferred_runtime_asserts_over_guards=True)
+    consts = {"get_max_seq_len": a.max_seq_len, "get_max_chunk": max_chunk, "get_vocab_size": a.vocab_size,
+              "get_n_layers": a.n_layers, "get_edgekit_abi": abi, "get_bos_id": a.bos_id,
+              "get_eos_id": a.eos_ids[0]}
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], constant_methods=consts,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+def eager_greedy(model: Transformer, prompt: list[int], n: int, max_chunk: int) -> list[int]:
+    eng = Engine(EagerBackend(model, max_chunk=max_chunk), None, stop_ids=[])
+    return eng.generate(prompt, n).tokens
+
+
+@pytest.fixture(scope="session")
+def runner() -> Path:
+    from edgekit.runtime.native import build_runner_info
+
+    info = build_runner_info()  # raises NativeBuildError (-> test error) without cmake/g++
+    return Path(info.path)
+
+
+@pytest.fixture(scope="session")
+def stories_pte(stories_dir, tmp_path_factory):
+    from edgekit.models.load import load_model
+
+    lm = load_model(stories_dir, max_seq_len=128)
+    path = export_pte(lm.model, tmp_path_factory.mktemp("pte") / "stories.pte", max_chunk=4)
+    return lm, path
+
+
+def tiny_model(seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=256,
+                     max_seq_len=64, rope_theta=10000.0, **kw)
+    m = Transformer(args).eval()
+    with torch.no_grad():  # non-trivial norms so they matter for parity
+        for mod in m.modules():
+            if hasattr(mod, "eps"):
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny_pte(tmp_path_factory):
+    m = tiny_model()
+    return m, export_pte(m, tmp_path_factory.mktemp("pte") / "tiny.pte", max_chunk=8)
+
+
+def test_runner_builds_and_is_cached(runner):
+    from edgekit.runtime.native import build_runner_info, runner_path
+
+    assert runner.exists() and os.access(runner, os.X_OK)
+    again = build_runner_info()
+    assert not again.built and Path(again.path) == runner == runner_path()
+    p = subprocess.run([str(runner), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--prompt-ids" in p.stdout
+
+
+def test_golden_stories260k_matches_eager(runner, stories_pte):
+    from edgekit.runtime.native import generate_native
+
+    lm, pte = stories_pte
+    prompt = lm.tokenizer.encode("Once upon a time")
+    want = eager_greedy(lm.model, prompt, 48, max_chunk=4)
+    res = generate_native(pte, prompt, 48, stop_ids=(), threads=1)
+    assert res["tokens"] == want
+    assert res["new_tokens"] == 48 and res["prompt_tokens"] == len(prompt) and res["stop_reason"] == "length"
+    assert res["meta"] == {"abi": 1, "max_seq_len": 128, "max_chunk": 4, "vocab_size": 512, "n_layers": 5,
+                           "bos_id": 1, "eos_id": 2}
+    assert res["threads"] == 1
+    text = lm.tokenizer.decode(prompt + res["tokens"])
+    assert text.startswith("Once upon a time, there was a little girl named Lily"), text
+    for k in ("prefill_ms", "ttft_ms", "decode_ms", "decode_tok_s", "peak_rss_mib"):
+        assert res[k] > 0, k
+    assert res["ttft_ms"] >= res["prefill_ms"]
+
+
+def test_golden_random_tiny_llama_matches_eager(runner, tiny_pte):
+    from edgekit.runtime.native import generate_native
+
+    m, pte = tiny_pte
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 256, (19,), generator=g).tolist()  # 3 chunks of 8: 8 + 8 + 3
+    want = eager_greedy(m, prompt, 24, max_chunk=8)
+    res = generate_native(pte, prompt, 24, stop_ids=(), threads=2)
+    assert res["tokens"] == want
+
+
+def test_stop_token_and_context_limit(runner, tiny_pte):
+    from edgekit.runtime.native import generate_native
+
+    m, pte = tiny_pte
+    prompt = [3, 5, 7]
+    free = eager_greedy(m, prompt, 10, max_chunk=8)
+    stop = free[4]
+    first = free.index(stop)
+    res = generate_native(pte, prompt, 10, stop_ids=[stop])
+    assert res["tokens"] == free[:first] and res["stop_reason"] == "eos"
+    # Cache full: 60-token prompt in a 64-slot program leaves room for 4 more writes + 1 token.
+    long = (list(range(1, 61)))
+    res = generate_native(pte, long, 20, stop_ids=())
+    assert res["stop_reason"] == "context" and res["new_tokens"] == 64 - 60 + 1
+    with pytest.raises(UserError, match="exceeds max_seq_len 64"):
+        generate_native(pte, list(range(1, 70)), 4)
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        generate_native(pte, [1, 256], 4)
+
+
+def test_bench_mode(runner, tiny_pte):
+    from edgekit.runtime.native import bench_native
+
+    _, pte = tiny_pte
+    res = bench_native(pte, [1, 2, 3, 4, 5], gen_len=8, reps=3, threads=1)
+    assert res["mode"] == "bench" and res["reps"] == 3 and res["warmup"] == 1 and len(res["runs"]) == 3
+    assert all(r["new_tokens"] == 8 and r["prompt_tokens"] == 5 for r in res["runs"])
+    d = res["decode_ms"]
+    assert d["min"] <= d["median"] <= d["max"] and d["min"] > 0
+    assert res["decode_tok_s"]["median"] > 0 and res["peak_rss_mib"] > 0
+
+
+def _raw(runner: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(runner), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_missing_pte_is_one_line_error(runner, tmp_path):
+    from edgekit.runtime.native import generate_native
+
+    p = _raw(runner, "--model", str(tmp_path / "nope.pte"), "--prompt-ids", "1,2")
+    assert p.returncode == 3 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model file not found:") and "| hint:" in lines[0]
+    with pytest.raises(PackageError, match="not found"):
+        generate_native(tmp_path / "nope.pte", [1, 2], 4)
+
+
+def test_corrupt_pte_is_one_line_error(runner, tiny_pte, tmp_path):
+    _, pte = tiny_pte
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(pte.read_bytes()[:4000])
+    p = _raw(runner, "--model", str(bad), "--prompt-ids", "1")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 4 and len(lines) == 1 and lines[0].startswith("error: cannot load bad.pte"), p.stderr
+    junk = tmp_path / "junk.pte"
+    junk.write_bytes(b"not a program" * 100)
+    p = _raw(runner, "--model", str(junk), "--prompt-ids", "1")
+    assert p.returncode == 4 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_abi_mismatch_is_one_line_error(runner, tmp_path):
+    from edgekit.runtime.native import generate_native
+
+    m = tiny_model(seed=3)
+    pte = export_pte(m, tmp_path / "model.pte", max_chunk=4, abi=99)
+    p = _raw(runner, "--model", str(pte), "--prompt-ids", "1,2")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 5 and p.stdout == "" and len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: model.pte has edgekit ABI 99, runner supports 1 | hint: re-export")
+    with pytest.raises(PackageError, match="ABI 99"):
+        generate_native(pte, [1, 2], 4)
+
+
+def test_bad_args(runner, tiny_pte):
+    _, pte = tiny_pte
+    for args in (["--model", str(pte)], ["--model", str(pte), "--prompt-ids", "1,x"],
+                 ["--model", str(pte), "--prompt-ids", "1", "--threads", "-1"], ["--bogus"],
+                 ["--model", str(pte), "--prompt-ids", "1", "--max-new-tokens", "0"]):
+        p = _raw(runner, *args)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert p.stderr.startswith("error: ")
+
+
+def test_cli_build_runner_json(runner):
+    import json
+
+    r = run_cli("build-runner", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert Path(d["path"]) == runner and d["built"] is False and d["executorch_version"].startswith("1.5.1")
