@@ -1,0 +1,298 @@
+"""``quantize_``: swap a reference Transformer's linears for packed-weight modules, in place.
+
+Without calibration tokens each linear is rounded to nearest independently (``method="rtn"``
+only). With them, the model is processed block by block (one transformer layer at a time, in
+the order wq/wk/wv -> wo -> w1/w3 -> w2 inside a layer): every linear's Hessian
+``H = X^T X / n`` (fp64) is gathered from the inputs it sees when the calibration windows run
+through the *already quantized* earlier layers and sub-layers, then the layer is solved with
+the configured method. decoupleQ's optional block stage (``block_steps > 0``) then freezes the
+codes and tunes scale, zero and the block's RMSNorm gains with Adam so the quantized block
+reproduces the float block's outputs on the same inputs; the result is kept only if the block
+output error drops.
+
+Example::
+
+    from edgekit.quant import quantize_, preset_config, calibration_tokens
+    cfg = preset_config("w2g64", method="decoupleq")
+    calib = calibration_tokens(lm.tokenizer, text, cfg.calib_samples, cfg.calib_seq_len, cfg.seed)
+    quantize_(lm.model, cfg, calib)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.errors import UserError
+from edgekit.quant.config import QuantConfig
+from edgekit.quant.layout import Layout, dequantize_codes, unpack_torch
+from edgekit.quant.modules import PACKED_LINEAR, PackedEmbedding, _PackedLinear
+from edgekit.quant.solvers import quantize_weight
+
+BLOCK_LINEARS = ["attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                 "feed_forward.w1", "feed_forward.w3", "feed_forward.w2"]
+# Sub-layer stages: linears in one stage share their input, so one H serves the stage.
+STAGES = [["attention.wq", "attention.wk", "attention.wv"], ["attention.wo"],
+          ["feed_forward.w1", "feed_forward.w3"], ["feed_forward.w2"]]
+
+
+def quantized_module_names(model: nn.Module, config: QuantConfig) -> list[str]:
+    """Fully qualified names of the linears ``quantize_`` replaces (head last if head_bits)."""
+    names = [f"layers.{i}.{n}" for i in range(len(model.layers)) for n in BLOCK_LINEARS]
+    names = [n for n in names if n not in set(config.skip)]
+    if config.head_bits is not None and "output" not in config.skip:
+        names.append("output")
+    return names
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _layer_bits(config: QuantConfig, name: str) -> tuple[int, int | None]:
+    if name == "output":
+        return config.head_bits, config.head_group_size if config.head_group_size is not None else config.group_size
+    return config.bits, config.group_size
+
+
+def _untie_head(model: nn.Module) -> None:
+    """Give the LM head its own weight tensor (a tied head shares the embedding's)."""
+    if model.output.weight is model.tok_embeddings.weight:
+        model.output.weight = nn.Parameter(model.tok_embeddings.weight.detach().clone(), requires_grad=False)
+
+
+def prepare_skeleton(model: nn.Module, config: QuantConfig, names: list[str]) -> None:
+    """Replace modules by empty packed modules of the right shapes (used when loading a
+    quantized checkpoint: the state dict fills them)."""
+    for name in names:
+        lin = _get(model, name)
+        bits, gs = _layer_bits(config, name)
+        _set(model, name, PACKED_LINEAR[bits](lin.in_features, lin.out_features, gs, lin.bias is not None))
+    if config.embedding_bits is not None:
+        emb = model.tok_embeddings
+        gs = config.embedding_group_size if config.embedding_group_size is not None else config.group_size
+        model.tok_embeddings = PackedEmbedding(emb.num_embeddings, emb.embedding_dim, config.embedding_bits, gs)
+
+
+@contextlib.contextmanager
+def _batch_cache(block: nn.Module, batch: int, seq_len: int) -> Iterator[None]:
+    """Temporarily give a block a KV cache of (batch, n_kv, seq_len, hd) for calibration runs."""
+    c = block.attention.kv_cache
+    k, v = c.k_cache, c.v_cache
+    shape = (batch, k.shape[1], seq_len, k.shape[3])
+    c.k_cache, c.v_cache = k.new_zeros(shape), v.new_zeros(shape)
+    try:
+        yield
+    finally:
+        c.k_cache, c.v_cache = k, v
+
+
+class _HessianHook:
+    """Accumulates sum x^T x (fp64) of a module's input rows."""
+
+    def __init__(self, dim: int) -> None:
+        self.sum = torch.zeros((dim, dim), dtype=torch.float64)
+        self.n = 0
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        self.sum += (x.T @ x).double()
+        self.n += x.shape[0]
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.sum / max(self.n, 1)
+
+
+class _TrainableQLinear(nn.Module):
+    """Frozen codes, trainable fp32 scale/zero: the decoupleQ block stage's view of a layer."""
+
+    def __init__(self, packed: _PackedLinear) -> None:
+        super().__init__()
+        self.layout = packed.layout
+        K = packed.in_features
+        self.register_buffer("codes", unpack_torch(packed.qweight, K, packed.layout).float())
+        self.scale = nn.Parameter(packed.scale.float().clone())
+        self.zero = nn.Parameter(packed.zero.float().clone())
+        self.bias = packed.bias
+        self.cls = type(packed)
+        self.group_size = packed.group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, dequantize_codes(self.codes, self.scale, self.zero, self.layout), self.bias)
+
+    def to_packed(self) -> _PackedLinear:
+        return self.cls.from_codes(self.codes.long(), self.scale.detach(), self.zero.detach(),
+                                   self.group_size, self.bias)
+
+
+def _run_block(block: nn.Module, hs: list[torch.Tensor], rope: tuple) -> list[torch.Tensor]:
+    cos, sin, pos, mask = rope
+    out = []
+    for h in hs:
+        with _batch_cache(block, h.shape[0], h.shape[1]):
+            out.append(block(h, cos, sin, pos, mask))
+    return out
+
+
+def _block_stage(block: nn.Module, float_block: nn.Module, hs: list[torch.Tensor], rope: tuple,
+                 steps: int, lr: float, seed: int) -> tuple[float, float]:
+    """Tune scale/zero (+ norm gains) of a quantized block to match ``float_block`` on ``hs``.
+    Returns (mse before, mse after); the block is left unchanged if the error did not drop."""
+    with torch.no_grad():
+        targets = _run_block(float_block, hs, rope)
+
+        def mse() -> float:
+            outs = _run_block(block, hs, rope)
+            return float(sum(F.mse_loss(o, t, reduction="sum") for o, t in zip(outs, targets))
+                         / sum(t.numel() for t in targets))
+
+        before = mse()
+    saved_norms = {n: p.detach().clone() for n, p in block.named_parameters() if n.endswith("norm.weight")}
+    saved_packed = {n: _get(block, n) for n in BLOCK_LINEARS if isinstance(_get(block, n), _PackedLinear)}
+    trainables = {n: _TrainableQLinear(m) for n, m in saved_packed.items()}
+    for n, m in trainables.items():
+        _set(block, n, m)
+    params = [p for m in trainables.values() for p in (m.scale, m.zero)]
+    norm_params = [p for n, p in block.named_parameters() if n.endswith("norm.weight")]
+    flags = {id(p): p.requires_grad for p in norm_params}
+    for p in norm_params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": params, "lr": lr}, {"params": norm_params, "lr": lr}])
+    gen = torch.Generator().manual_seed(seed)
+    cos, sin, pos, mask = rope
+    with torch.enable_grad():
+        for _ in range(steps):
+            i = int(torch.randint(0, len(hs), (1,), generator=gen))
+            with _batch_cache(block, hs[i].shape[0], hs[i].shape[1]):
+                loss = F.mse_loss(block(hs[i], cos, sin, pos, mask), targets[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for p in norm_params:
+        p.requires_grad_(flags[id(p)])
+    for n, m in trainables.items():  # back to fp16 packed storage before judging
+        _set(block, n, m.to_packed())
+    with torch.no_grad():
+        after = mse()
+        if not after < before:
+            for n, m in saved_packed.items():
+                _set(block, n, m)
+            for n, p in block.named_parameters():
+                if n in saved_norms:
+                    p.copy_(saved_norms[n])
+            after = before
+    return before, after
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: QuantConfig, calib: torch.Tensor | None = None, *,
+              batch_size: int = 8, advance: Callable[[int], None] | None = None,
+              log: Callable[[str], None] | None = None) -> nn.Module:
+    """Quantize ``model`` (an ``edgekit.models.llama.Transformer``) in place and return it.
+
+    Args:
+        model: float reference model; its ``layers.N.attention.w{q,k,v,o}``,
+            ``layers.N.feed_forward.w{1,2,3}`` (and ``output`` / ``tok_embeddings`` when
+            ``head_bits`` / ``embedding_bits`` are set) become ``PackedLinearW{bits}`` /
+            ``PackedEmbedding`` modules.
+        config: a ``QuantConfig`` (see ``preset_config``).
+        calib: calibration tokens (n, L) int64, required for gptq/decoupleq; with rtn they make
+            the shrink search H-weighted.
+        batch_size: calibration windows per forward (memory vs speed).
+        advance: progress callback, called with 1 per quantized linear.
+        log: optional line logger (block-stage errors).
+
+    Raises:
+        UserError: the method needs calibration tokens and none were given, or the model is
+            already quantized.
+    """
+    if any(isinstance(m, (_PackedLinear, PackedEmbedding)) for m in model.modules()):
+        raise UserError("the model is already quantized", "quantize the float checkpoint instead")
+    if config.needs_calibration and calib is None:
+        raise UserError(f"method {config.method!r} needs calibration data", "pass --calib FILE (a text file)")
+    tied = model.output.weight is model.tok_embeddings.weight
+    names = quantized_module_names(model, config)
+    if tied and (config.head_bits is not None or config.embedding_bits is not None):
+        _untie_head(model)
+    if config.embedding_bits is not None:
+        gs = config.embedding_group_size if config.embedding_group_size is not None else config.group_size
+        model.tok_embeddings = PackedEmbedding.from_float(model.tok_embeddings, config.embedding_bits, gs)
+    kw = dict(damp=config.damp, act_order=config.act_order, block_size=config.block_size,
+              rounds=config.rounds, grid=config.grid)
+
+    def replace(name: str, H: torch.Tensor | None) -> None:
+        lin = _get(model, name)
+        bits, gs = _layer_bits(config, name)
+        method = config.method if H is not None else "rtn"
+        _set(model, name, PACKED_LINEAR[bits].from_float(lin, gs, H, method, **kw))
+        if advance:
+            advance(1)
+
+    if calib is None:
+        for name in names:
+            replace(name, None)
+        return model
+
+    calib = calib.to(torch.long)
+    L = calib.shape[1]
+    if L > model.args.max_seq_len:
+        raise UserError(f"calibration length {L} exceeds the model's context {model.args.max_seq_len}",
+                        "use a smaller --calib-seq-len")
+    pos = torch.arange(L)
+    causal = torch.where(pos[None, :] <= pos[:, None], 0.0, float("-inf"))  # (L, L)
+    rope = (model.rope_cos[:L], model.rope_sin[:L], pos, causal)
+    hs = [model.tok_embeddings(calib[i:i + batch_size]).float() for i in range(0, calib.shape[0], batch_size)]
+    wanted = set(names)
+    for li, block in enumerate(model.layers):
+        float_block = copy.deepcopy(block) if config.block_steps > 0 and config.method == "decoupleq" else None
+        for stage in STAGES:
+            todo = [n for n in stage if f"layers.{li}.{n}" in wanted]
+            if not todo:
+                continue
+            first = _get(block, todo[0])
+            hook = _HessianHook(first.in_features)
+            handle = first.register_forward_pre_hook(hook)
+            try:
+                _run_block(block, hs, rope)
+            finally:
+                handle.remove()
+            for n in todo:
+                replace(f"layers.{li}.{n}", hook.H)
+        if float_block is not None:
+            before, after = _block_stage(block, float_block, hs, rope, config.block_steps, config.block_lr,
+                                         config.seed + li)
+            if log:
+                log(f"layer {li}: block stage mse {before:.3e} -> {after:.3e}")
+        hs = _run_block(block, hs, rope)
+    if "output" in wanted:
+        hook = _HessianHook(model.output.in_features)
+        for h in hs:
+            hook(None, (model.norm(h),))
+        replace("output", hook.H)
+    return model
+
+
+def model_quant_summary(model: nn.Module) -> dict:
+    """Counts and bytes of packed vs float weights (for logs and --json)."""
+    packed_bytes = float_bytes = n_packed = 0
+    for m in model.modules():
+        if isinstance(m, (_PackedLinear, PackedEmbedding)):
+            n_packed += 1
+            packed_bytes += sum(b.numel() * b.element_size() for b in (m.qweight, m.scale, m.zero))
+    seen = set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            float_bytes += p.numel() * p.element_size()
+    return {"packed_modules": n_packed, "packed_bytes": packed_bytes, "float_bytes": float_bytes}
