@@ -1,0 +1,130 @@
+"""ctypes bindings of the CPU group-quantized linear kernel (wq_linear.h).
+
+The shared library is built together with the native runner (edgekit.runtime.native) and
+cached; the first call builds it. ``impl`` selects an implementation: ``"auto"``, ``"scalar"``
+(the reference), ``"avx2"``, ``"neon"``; see :func:`available_impls`.
+
+Example::
+
+    from edgekit.kernels.cpu import linear_wq
+    y = linear_wq(x, qweight, scale, zero, bits=2, group_size=64)   # numpy or torch inputs
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from edgekit.errors import UserError
+
+IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3}
+_NAMES = {v: k for k, v in IMPLS.items()}
+
+_lib: ctypes.CDLL | None = None
+_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded kernel library (built on first use)."""
+    global _lib
+    with _lock:
+        if _lib is None:
+            from edgekit.runtime.native import kernels_lib_path
+
+            L = ctypes.CDLL(str(kernels_lib_path()))
+            i64, f32p, u8p, u16p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), \
+                ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_uint16)
+            L.ek_linear_wq.argtypes = [f32p, i64, i64, u8p, u16p, u16p, i64, ctypes.c_int, i64, f32p,
+                                       f32p, ctypes.c_size_t, ctypes.c_int]
+            L.ek_linear_wq.restype = ctypes.c_int
+            L.ek_row_bytes.argtypes = [i64, ctypes.c_int, i64]
+            L.ek_row_bytes.restype = i64
+            L.ek_linear_wq_pick.argtypes = [i64, ctypes.c_int, i64]
+            L.ek_linear_wq_pick.restype = ctypes.c_int
+            L.ek_impl_available.argtypes = [ctypes.c_int]
+            L.ek_set_num_threads.argtypes = [ctypes.c_int]
+            L.ek_status_str.restype = ctypes.c_char_p
+            _lib = L
+        return _lib
+
+
+def available_impls() -> list[str]:
+    """Implementations this CPU can run (``scalar`` always)."""
+    L = lib()
+    return [n for n, v in IMPLS.items() if v and L.ek_impl_available(v)]
+
+
+def picked_impl(K: int, bits: int, group_size: int | None) -> str:
+    """The implementation ``auto`` uses for this shape."""
+    return _NAMES[lib().ek_linear_wq_pick(K, bits, group_size or 0)]
+
+
+def set_num_threads(n: int) -> None:
+    """Resize the shared ExecuTorch threadpool used by the kernels (and XNNPACK in-process)."""
+    if lib().ek_set_num_threads(int(n)) != 0:
+        raise UserError(f"cannot use {n} threads", "pass a positive thread count")
+
+
+def get_num_threads() -> int:
+    return int(lib().ek_get_num_threads())
+
+
+def _arr(a, dtype) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _half_bits(a) -> np.ndarray:
+    """fp16 values (torch/numpy float16, or already their uint16 bit patterns) -> uint16."""
+    if hasattr(a, "detach"):
+        import torch
+
+        a = a.detach().cpu().contiguous().to(torch.float16).view(torch.int16).numpy()
+        return np.ascontiguousarray(a).view(np.uint16)
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a.astype(np.float16)).view(np.uint16)
+
+
+def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: str = "auto",
+              in_features: int | None = None) -> np.ndarray:
+    """``y = x @ W_hat^T`` with the native kernel.
+
+    Args:
+        x: float32 (..., K). qweight: uint8 (N, row_bytes). scale, zero: float16 (N, G).
+        bits: 2, 3, 4 or 8 (SIMD paths: 2 and 4). group_size: None/0 = per output row.
+        impl: "auto" | "scalar" | "avx2" | "neon". in_features: K (default x.shape[-1]).
+    Returns:
+        float32 numpy array (..., N).
+    Raises:
+        UserError on shape mismatch or an implementation that cannot run this shape/CPU.
+    """
+    xa = _arr(x, np.float32)
+    K = int(in_features or xa.shape[-1])
+    if xa.shape[-1] != K:
+        raise UserError(f"x last dim {xa.shape[-1]} != in_features {K}", "pass matching shapes")
+    q = _arr(qweight, np.uint8)
+    s, z = _half_bits(scale), _half_bits(zero)
+    L = lib()
+    gs = int(group_size or 0)
+    N = q.shape[0]
+    rb = L.ek_row_bytes(K, bits, gs)
+    g = gs if gs > 0 else K
+    G = -(-K // g)
+    if q.ndim != 2 or q.shape[1] != rb or s.shape != (N, G) or z.shape != (N, G):
+        raise UserError(f"packed shapes {q.shape}, {s.shape}, {z.shape} do not match K={K}, bits={bits}, "
+                        f"group_size={gs} (want ({N}, {rb}) and ({N}, {G}))", "pack with edgekit.quant.layout")
+    M = int(np.prod(xa.shape[:-1], dtype=np.int64))
+    y = np.empty((*xa.shape[:-1], N), dtype=np.float32)
+    P = ctypes.POINTER
+    st = L.ek_linear_wq(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
+                        s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits, gs,
+                        y.ctypes.data_as(P(ctypes.c_float)), None, 0, IMPLS[impl])
+    if st != 0:
+        raise UserError(f"kernel {impl} failed: {L.ek_status_str(st).decode()}",
+                        f"available here: {', '.join(available_impls())}")
+    return y

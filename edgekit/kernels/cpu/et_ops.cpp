@@ -1,0 +1,89 @@
+// ExecuTorch custom operators over the wq_linear kernels, registered into libexecutorch.so's
+// operator registry by static initialisers when this library is loaded:
+//
+//   edgekit::linear_w2.out(Tensor x, Tensor qweight, Tensor scale, Tensor zero,
+//                          int group_size, int in_features, *, Tensor(a!) out) -> Tensor(a!)
+//   edgekit::linear_w4.out(... same ...)
+//
+// x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
+// [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
+// The schemas match edgekit/kernels/ops.py (torch.library), which is what export records.
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+
+#include <array>
+
+#include "wq_linear.h"
+
+namespace edgekit {
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::SizesType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+
+template <int BITS>
+Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
+                      const Tensor& scale, const Tensor& zero, int64_t group_size,
+                      int64_t in_features, Tensor& out) {
+  const int64_t K = in_features;
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
+                      InvalidArgument, out, "edgekit::linear_w%d: x and out must be float32", BITS);
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && K > 0 && x.size(x.dim() - 1) == K, InvalidArgument, out,
+                      "edgekit::linear_w%d: x last dim must equal in_features %lld", BITS,
+                      static_cast<long long>(K));
+  ET_KERNEL_CHECK_MSG(ctx, qweight.scalar_type() == ScalarType::Byte && qweight.dim() == 2,
+                      InvalidArgument, out, "edgekit::linear_w%d: qweight must be uint8 [N, row_bytes]",
+                      BITS);
+  const int64_t N = qweight.size(0);
+  const int64_t g = group_size <= 0 ? K : group_size;
+  const int64_t G = (K + g - 1) / g;
+  ET_KERNEL_CHECK_MSG(ctx, qweight.size(1) == ek_row_bytes(K, BITS, group_size), InvalidArgument, out,
+                      "edgekit::linear_w%d: qweight has %lld bytes per row, layout needs %lld", BITS,
+                      static_cast<long long>(qweight.size(1)),
+                      static_cast<long long>(ek_row_bytes(K, BITS, group_size)));
+  for (const Tensor* t : {&scale, &zero}) {
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Half && t->dim() == 2 && t->size(0) == N &&
+                             t->size(1) == G,
+                        InvalidArgument, out, "edgekit::linear_w%d: scale/zero must be float16 [N, %lld]",
+                        BITS, static_cast<long long>(G));
+  }
+  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
+  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
+  sizes[x.dim() - 1] = static_cast<SizesType>(N);
+  ET_KERNEL_CHECK_MSG(ctx,
+                      executorch::runtime::resize_tensor(
+                          out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
+                      InvalidArgument, out, "edgekit::linear_w%d: cannot resize out", BITS);
+  const int64_t M = x.numel() / K;
+  int st = ek_linear_wq(x.const_data_ptr<float>(), M, K, qweight.const_data_ptr<uint8_t>(),
+                        static_cast<const uint16_t*>(scale.const_data_ptr()),
+                        static_cast<const uint16_t*>(zero.const_data_ptr()), N, BITS, group_size,
+                        out.mutable_data_ptr<float>(), nullptr, 0, EK_IMPL_AUTO);
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::linear_w%d: %s", BITS,
+                      ek_status_str(st));
+  return out;
+}
+
+Tensor& linear_w2_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
+                      const Tensor& scale, const Tensor& zero, int64_t group_size,
+                      int64_t in_features, Tensor& out) {
+  return linear_wq_out<2>(ctx, x, qweight, scale, zero, group_size, in_features, out);
+}
+
+Tensor& linear_w4_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
+                      const Tensor& scale, const Tensor& zero, int64_t group_size,
+                      int64_t in_features, Tensor& out) {
+  return linear_wq_out<4>(ctx, x, qweight, scale, zero, group_size, in_features, out);
+}
+
+}  // namespace
+}  // namespace edgekit
+
+EXECUTORCH_LIBRARY(edgekit, "linear_w2.out", edgekit::linear_w2_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w4.out", edgekit::linear_w4_out);
+
+// Lets a loader (and the tests) check that this library's registrations ran.
+extern "C" int ek_et_ops_registered(void) { return 2; }

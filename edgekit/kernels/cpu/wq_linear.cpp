@@ -1,0 +1,442 @@
+// Group-quantized linear kernels (see wq_linear.h for the layout and the API contract).
+//
+// SIMD strategy: the codes of one 8-byte load are widened to 8 int32 lanes (one lane per byte);
+// shifting all lanes by b*j and masking gives codes k = CPB*i + j (i = lane, CPB = 8/b codes
+// per byte), i.e. a strided subset of the block. Instead of gathering x with that stride in
+// the inner loop, x is permuted once per call (prep_x) so those 8 activations are contiguous:
+//   xp[blk*BLOCK + 8*j + i] = x[blk*BLOCK + CPB*i + j],  BLOCK = 8*CPB codes per 8 bytes.
+// The dot product is order-independent, so row n contributes
+//   y[m, n] = sum_g scale[n,g] * <u[n, group g], xp[m, group g]> + zero[n,g] * xsum[m, g]
+// where xsum[m, g] is the plain sum of x over the group's real (unpadded) columns, also
+// computed once per call. Codes of padded columns are zero and xp is zero there, so padding
+// never contributes.
+#include "wq_linear.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EK_HAVE_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#define EK_HAVE_NEON 1
+#endif
+
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+// libexecutorch_threadpool.so exports these but the wheel ships no header for them.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+#endif
+
+namespace {
+
+struct Shape {
+  int64_t M, K, N;
+  int bits;
+  int64_t g;          // columns per group
+  int64_t G;          // groups per row
+  int64_t K_pad;      // G * g
+  int64_t row_bytes;  // ceil(K_pad * bits / 8)
+};
+
+float half_to_float(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = 1;
+      while (!(mant & 0x400u)) {
+        mant <<= 1;
+        --e;
+      }
+      mant &= 0x3ffu;
+      bits = sign | (static_cast<uint32_t>(e + 112) << 23) | (mant << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline uint32_t code_at(const uint8_t* row, int64_t k, int bits, int64_t row_bytes) {
+  int64_t i = static_cast<int64_t>(bits) * k;
+  int64_t byte = i >> 3;
+  uint32_t w = row[byte];
+  if (byte + 1 < row_bytes) w |= static_cast<uint32_t>(row[byte + 1]) << 8;
+  return (w >> (i & 7)) & ((1u << bits) - 1u);
+}
+
+// ---- scalar reference ------------------------------------------------------------------------
+void rows_scalar(const Shape& s, const float* x, const uint8_t* qw, const uint16_t* sc,
+                 const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    for (int64_t m = 0; m < s.M; ++m) {
+      const float* xm = x + m * s.K;
+      float total = 0.f;
+      for (int64_t g = 0; g < s.G; ++g) {
+        int64_t k0 = g * s.g, k1 = std::min(s.K, k0 + s.g);
+        float acc = 0.f, xs = 0.f;
+        for (int64_t k = k0; k < k1; ++k) {
+          acc += xm[k] * static_cast<float>(code_at(row, k, s.bits, s.row_bytes));
+          xs += xm[k];
+        }
+        total += half_to_float(sc[n * s.G + g]) * acc + half_to_float(zr[n * s.G + g]) * xs;
+      }
+      y[m * s.N + n] = total;
+    }
+  }
+}
+
+// ---- shared SIMD preparation -----------------------------------------------------------------
+int64_t simd_block(int bits) { return 8 * (8 / bits); }
+
+bool simd_shape_ok(int bits, int64_t g) {
+  return (bits == 2 || bits == 4) && g % simd_block(bits) == 0;
+}
+
+// xp [M, K_pad] permuted activations, xsum [M, G] per-group sums of real columns.
+void prep_x(const Shape& s, const float* x, float* xp, float* xsum) {
+  const int cpb = 8 / s.bits;
+  const int64_t block = simd_block(s.bits);
+  for (int64_t m = 0; m < s.M; ++m) {
+    const float* xm = x + m * s.K;
+    float* out = xp + m * s.K_pad;
+    for (int64_t b0 = 0; b0 < s.K_pad; b0 += block) {
+      for (int j = 0; j < cpb; ++j) {
+        for (int i = 0; i < 8; ++i) {
+          int64_t k = b0 + static_cast<int64_t>(cpb) * i + j;
+          out[b0 + 8 * j + i] = k < s.K ? xm[k] : 0.f;
+        }
+      }
+    }
+    for (int64_t g = 0; g < s.G; ++g) {
+      int64_t k0 = g * s.g, k1 = std::min(s.K, k0 + s.g);
+      float acc = 0.f;
+      for (int64_t k = k0; k < k1; ++k) acc += xm[k];
+      xsum[m * s.G + g] = acc;
+    }
+  }
+}
+
+// ---- AVX2 + FMA ------------------------------------------------------------------------------
+#ifdef EK_HAVE_X86
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_hadd_ps(lo, lo);
+  lo = _mm_hadd_ps(lo, lo);
+  return _mm_cvtss_f32(lo);
+}
+
+// y[m0..m0+MT) at output row n.
+template <int BITS, int MT>
+__attribute__((target("avx2,fma"))) void tile_avx2(const Shape& s, const float* xp,
+                                                    const float* xsum, const uint8_t* row,
+                                                    const uint16_t* sc, const uint16_t* zr,
+                                                    int64_t n, int64_t m0, float* y) {
+  constexpr int CPB = 8 / BITS;
+  constexpr int BLOCK = 8 * CPB;
+  const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+  __m256i shift[CPB];
+  for (int j = 0; j < CPB; ++j) shift[j] = _mm256_set1_epi32(j * BITS);
+  const int64_t blocks = s.g / BLOCK;
+  __m256 racc[MT];
+  float zacc[MT];
+  for (int t = 0; t < MT; ++t) {
+    racc[t] = _mm256_setzero_ps();
+    zacc[t] = 0.f;
+  }
+  const uint8_t* p = row;
+  for (int64_t g = 0; g < s.G; ++g) {
+    __m256 gacc[MT][2];
+    for (int t = 0; t < MT; ++t) gacc[t][0] = gacc[t][1] = _mm256_setzero_ps();
+    const float* xg = xp + m0 * s.K_pad + g * s.g;
+    for (int64_t b = 0; b < blocks; ++b, p += 8) {
+      __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+      for (int j = 0; j < CPB; ++j) {
+        __m256 f = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, shift[j]), mask));
+        for (int t = 0; t < MT; ++t) {
+          const float* xa = xg + t * s.K_pad + b * BLOCK + 8 * j;
+          gacc[t][j & 1] = _mm256_fmadd_ps(f, _mm256_loadu_ps(xa), gacc[t][j & 1]);
+        }
+      }
+    }
+    const __m256 sv = _mm256_set1_ps(half_to_float(sc[n * s.G + g]));
+    const float z = half_to_float(zr[n * s.G + g]);
+    for (int t = 0; t < MT; ++t) {
+      racc[t] = _mm256_fmadd_ps(sv, _mm256_add_ps(gacc[t][0], gacc[t][1]), racc[t]);
+      zacc[t] += z * xsum[(m0 + t) * s.G + g];
+    }
+  }
+  for (int t = 0; t < MT; ++t) y[(m0 + t) * s.N + n] = hsum256(racc[t]) + zacc[t];
+}
+
+template <int BITS>
+__attribute__((target("avx2,fma"))) void rows_avx2(const Shape& s, const float* xp,
+                                                    const float* xsum, const uint8_t* qw,
+                                                    const uint16_t* sc, const uint16_t* zr,
+                                                    float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    int64_t m = 0;
+    for (; m + 4 <= s.M; m += 4) tile_avx2<BITS, 4>(s, xp, xsum, row, sc, zr, n, m, y);
+    for (; m < s.M; ++m) tile_avx2<BITS, 1>(s, xp, xsum, row, sc, zr, n, m, y);
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#else
+bool cpu_has_avx2() { return false; }
+#endif
+
+// ---- NEON (aarch64) --------------------------------------------------------------------------
+#ifdef EK_HAVE_NEON
+template <int BITS, int MT>
+void tile_neon(const Shape& s, const float* xp, const float* xsum, const uint8_t* row,
+               const uint16_t* sc, const uint16_t* zr, int64_t n, int64_t m0, float* y) {
+  constexpr int CPB = 8 / BITS;
+  constexpr int BLOCK = 8 * CPB;
+  const uint32x4_t mask = vdupq_n_u32((1u << BITS) - 1u);
+  const int64_t blocks = s.g / BLOCK;
+  float32x4_t racc[MT];
+  float zacc[MT];
+  for (int t = 0; t < MT; ++t) {
+    racc[t] = vdupq_n_f32(0.f);
+    zacc[t] = 0.f;
+  }
+  const uint8_t* p = row;
+  for (int64_t g = 0; g < s.G; ++g) {
+    float32x4_t gacc[MT][2];
+    for (int t = 0; t < MT; ++t) gacc[t][0] = gacc[t][1] = vdupq_n_f32(0.f);
+    const float* xg = xp + m0 * s.K_pad + g * s.g;
+    for (int64_t b = 0; b < blocks; ++b, p += 8) {
+      uint16x8_t h = vmovl_u8(vld1_u8(p));
+      uint32x4_t lo = vmovl_u16(vget_low_u16(h));   // bytes 0..3 -> lanes i = 0..3
+      uint32x4_t hi = vmovl_u16(vget_high_u16(h));  // bytes 4..7 -> lanes i = 4..7
+      for (int j = 0; j < CPB; ++j) {
+        const int32x4_t sh = vdupq_n_s32(-j * BITS);  // negative = logical right shift
+        float32x4_t f0 = vcvtq_f32_u32(vandq_u32(vshlq_u32(lo, sh), mask));
+        float32x4_t f1 = vcvtq_f32_u32(vandq_u32(vshlq_u32(hi, sh), mask));
+        for (int t = 0; t < MT; ++t) {
+          const float* xa = xg + t * s.K_pad + b * BLOCK + 8 * j;
+          gacc[t][0] = vfmaq_f32(gacc[t][0], f0, vld1q_f32(xa));
+          gacc[t][1] = vfmaq_f32(gacc[t][1], f1, vld1q_f32(xa + 4));
+        }
+      }
+    }
+    const float sv = half_to_float(sc[n * s.G + g]);
+    const float z = half_to_float(zr[n * s.G + g]);
+    for (int t = 0; t < MT; ++t) {
+      racc[t] = vfmaq_n_f32(racc[t], vaddq_f32(gacc[t][0], gacc[t][1]), sv);
+      zacc[t] += z * xsum[(m0 + t) * s.G + g];
+    }
+  }
+  for (int t = 0; t < MT; ++t) y[(m0 + t) * s.N + n] = vaddvq_f32(racc[t]) + zacc[t];
+}
+
+template <int BITS>
+void rows_neon(const Shape& s, const float* xp, const float* xsum, const uint8_t* qw,
+               const uint16_t* sc, const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    int64_t m = 0;
+    for (; m + 4 <= s.M; m += 4) tile_neon<BITS, 4>(s, xp, xsum, row, sc, zr, n, m, y);
+    for (; m < s.M; ++m) tile_neon<BITS, 1>(s, xp, xsum, row, sc, zr, n, m, y);
+  }
+}
+#endif
+
+// ---- threading -------------------------------------------------------------------------------
+template <class F>
+void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+  const int64_t threads = executorch::extension::get_thread_count();
+  // Below ~64K multiply-adds the wake-up of the pool costs more than it saves.
+  if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
+    const int64_t grain = std::max<int64_t>(1, N / (threads * 4));
+    executorch::extension::parallel_for(0, N, grain, [&](int64_t a, int64_t b) { f(a, b); });
+    return;
+  }
+#endif
+  (void)work_per_row;
+  f(0, N);
+}
+
+bool make_shape(int64_t M, int64_t K, int64_t N, int bits, int64_t group_size, Shape* s) {
+  if (M <= 0 || K <= 0 || N <= 0) return false;
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8) return false;
+  s->M = M;
+  s->K = K;
+  s->N = N;
+  s->bits = bits;
+  s->g = group_size <= 0 ? K : group_size;
+  s->G = (K + s->g - 1) / s->g;
+  s->K_pad = s->G * s->g;
+  s->row_bytes = (s->K_pad * bits + 7) / 8;
+  return true;
+}
+
+int pick(const Shape& s) {
+  if (simd_shape_ok(s.bits, s.g)) {
+#ifdef EK_HAVE_NEON
+    return EK_IMPL_NEON;
+#endif
+    if (cpu_has_avx2()) return EK_IMPL_AVX2;
+  }
+  return EK_IMPL_SCALAR;
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t ek_row_bytes(int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  return make_shape(1, K, 1, bits, group_size, &s) ? s.row_bytes : -1;
+}
+
+size_t ek_linear_wq_workspace_floats(int64_t M, int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  if (!make_shape(M, K, 1, bits, group_size, &s)) return 0;
+  return static_cast<size_t>(M * (s.K_pad + s.G));
+}
+
+int ek_impl_available(int impl) {
+  switch (impl) {
+    case EK_IMPL_AUTO:
+    case EK_IMPL_SCALAR:
+      return 1;
+    case EK_IMPL_AVX2:
+      return cpu_has_avx2() ? 1 : 0;
+    case EK_IMPL_NEON:
+#ifdef EK_HAVE_NEON
+      return 1;
+#else
+      return 0;
+#endif
+    default:
+      return 0;
+  }
+}
+
+int ek_linear_wq_pick(int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  if (!make_shape(1, K, 1, bits, group_size, &s)) return -1;
+  return pick(s);
+}
+
+int ek_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                 const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                 int64_t group_size, float* y, float* workspace, size_t workspace_floats,
+                 int impl) {
+  Shape s;
+  if (!x || !qweight || !scale || !zero || !y) return EK_BAD_ARG;
+  if (!make_shape(M, K, N, bits, group_size, &s)) return EK_BAD_ARG;
+  if (impl == EK_IMPL_AUTO) impl = pick(s);
+  if (impl == EK_IMPL_SCALAR) {
+    parallel_rows(N, M * K, [&](int64_t a, int64_t b) {
+      rows_scalar(s, x, qweight, scale, zero, y, a, b);
+    });
+    return EK_OK;
+  }
+  if (!ek_impl_available(impl) || !simd_shape_ok(bits, s.g)) return EK_UNSUPPORTED;
+
+  const size_t need = static_cast<size_t>(M * (s.K_pad + s.G));
+  float* ws = workspace;
+  if (ws == nullptr) {
+    // Grown once per thread and reused: no allocation per call in steady state.
+    thread_local std::vector<float> buf;
+    if (buf.size() < need) {
+      try {
+        buf.resize(need);
+      } catch (const std::bad_alloc&) {
+        return EK_NO_MEMORY;
+      }
+    }
+    ws = buf.data();
+  } else if (workspace_floats < need) {
+    return EK_NO_MEMORY;
+  }
+  float* xp = ws;
+  float* xsum = ws + M * s.K_pad;
+  prep_x(s, x, xp, xsum);
+
+  if (impl == EK_IMPL_AVX2) {
+#ifdef EK_HAVE_X86
+    parallel_rows(N, M * K, [&](int64_t a, int64_t b) {
+      if (bits == 2) rows_avx2<2>(s, xp, xsum, qweight, scale, zero, y, a, b);
+      else rows_avx2<4>(s, xp, xsum, qweight, scale, zero, y, a, b);
+    });
+    return EK_OK;
+#endif
+  }
+  if (impl == EK_IMPL_NEON) {
+#ifdef EK_HAVE_NEON
+    parallel_rows(N, M * K, [&](int64_t a, int64_t b) {
+      if (bits == 2) rows_neon<2>(s, xp, xsum, qweight, scale, zero, y, a, b);
+      else rows_neon<4>(s, xp, xsum, qweight, scale, zero, y, a, b);
+    });
+    return EK_OK;
+#endif
+  }
+  return EK_UNSUPPORTED;
+}
+
+int ek_get_num_threads(void) {
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  return pool ? static_cast<int>(pool->get_thread_count()) : 1;
+#else
+  return 1;
+#endif
+}
+
+int ek_set_num_threads(int n) {
+  if (n < 1) return EK_BAD_ARG;
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (!pool || !pool->_unsafe_reset_threadpool(static_cast<uint32_t>(n))) return EK_UNSUPPORTED;
+  return EK_OK;
+#else
+  return n == 1 ? EK_OK : EK_UNSUPPORTED;
+#endif
+}
+
+const char* ek_status_str(int status) {
+  switch (status) {
+    case EK_OK:
+      return "ok";
+    case EK_BAD_ARG:
+      return "bad argument";
+    case EK_UNSUPPORTED:
+      return "unsupported implementation for this shape or CPU";
+    case EK_NO_MEMORY:
+      return "workspace too small or out of memory";
+    default:
+      return "unknown status";
+  }
+}
+
+}  // extern "C"

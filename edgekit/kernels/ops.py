@@ -1,0 +1,104 @@
+"""torch.library registration of edgekit's packed-weight operators, so models using them run
+eagerly, export with torch.export, and lower to ExecuTorch custom ops that the native kernels
+(edgekit/kernels/cpu/et_ops.cpp) implement.
+
+Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per row)::
+
+    edgekit::linear_w2(Tensor x, Tensor qweight, Tensor scale, Tensor zero,
+                       int group_size, int in_features) -> Tensor
+    edgekit::linear_w4(...same...)
+    edgekit::linear_w2.out / linear_w4.out(..., *, Tensor(a!) out) -> Tensor(a!)
+
+``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
+``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
+reference (dequantize with the layout's torch unpacker, then matmul); the fake implementation
+gives shapes for export. ExecuTorch's to_executorch() maps the functional op to its ``.out``
+overload, which is the name the C++ library registers.
+
+To run such a program in the Python ExecuTorch runtime, load the C++ ops first::
+
+    from edgekit.kernels.ops import load_et_kernels
+    load_et_kernels()          # builds the native libraries on first use
+    prog = executorch.runtime.Runtime.get().load_program("model.pte")
+
+Example::
+
+    import edgekit.kernels.ops  # registers the ops
+    y = torch.ops.edgekit.linear_w2(x, qweight, scale, zero, 64, 576)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import torch
+
+_SCHEMA = ("(Tensor x, Tensor qweight, Tensor scale, Tensor zero, int group_size, "
+           "int in_features")
+BITS = {"linear_w2": 2, "linear_w4": 4}
+
+_lib = torch.library.Library("edgekit", "FRAGMENT")
+
+
+def _reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               group_size: int, in_features: int, bits: int) -> torch.Tensor:
+    from edgekit.quant.layout import Layout, dequantize
+
+    lay = Layout(bits, group_size if group_size > 0 else None)
+    w = dequantize(qweight, scale, zero, lay, in_features)  # (N, K) float32
+    return torch.matmul(x.to(torch.float32), w.t())
+
+
+def _define(name: str, bits: int) -> None:
+    _lib.define(f"{name}{_SCHEMA}) -> Tensor")
+    _lib.define(f"{name}.out{_SCHEMA}, *, Tensor(a!) out) -> Tensor(a!)")
+
+    def functional(x, qweight, scale, zero, group_size, in_features):
+        return _reference(x, qweight, scale, zero, group_size, in_features, bits)
+
+    def out_variant(x, qweight, scale, zero, group_size, in_features, *, out):
+        y = _reference(x, qweight, scale, zero, group_size, in_features, bits)
+        out.resize_(y.shape)
+        out.copy_(y)
+        return out
+
+    def fake(x, qweight, scale, zero, group_size, in_features):
+        torch._check(x.shape[-1] == in_features, lambda: f"x last dim must be in_features {in_features}")
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
+
+    _lib.impl(name, functional, "CompositeExplicitAutograd")
+    _lib.impl(f"{name}.out", out_variant, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
+
+
+for _name, _bits in BITS.items():
+    _define(_name, _bits)
+
+
+_et_loaded: ctypes.CDLL | None = None
+_et_lock = threading.Lock()
+
+
+def load_et_kernels() -> str:
+    """Load libedgekit_kernels_et.so into this process so the ExecuTorch runtime (the
+    executorch pybindings share the wheel's libexecutorch.so and its operator registry) can run
+    programs containing ``edgekit::linear_w2.out`` / ``linear_w4.out``. Idempotent; builds the
+    native libraries on first use. Returns the library path.
+
+    Raises NativeBuildError (edgekit.runtime.native) when the libraries cannot be built.
+    """
+    global _et_loaded
+    from edgekit.runtime.native import kernels_et_lib_path
+
+    with _et_lock:
+        path = str(kernels_et_lib_path())
+        if _et_loaded is None:
+            # The runtime first, so the registry this library registers into is the one the
+            # pybindings use (same libexecutorch.so, resolved by soname).
+            import executorch.extension.pybindings.portable_lib  # noqa: F401
+
+            _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            if _et_loaded.ek_et_ops_registered() != 2:
+                raise RuntimeError("edgekit ExecuTorch ops did not register")
+        return path
