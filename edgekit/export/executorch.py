@@ -129,7 +129,9 @@ def serialize(edge, path: Path) -> int:
 
     # Without this pass only the shape of a mutated buffer is serialized and its first content
     # is whatever the runner's planned memory holds; 0 * NaN garbage would poison attention.
-    et = edge.to_executorch(ExecutorchBackendConfig(passes=[InitializedMutableBufferPass(["k_cache", "v_cache"])]))
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        passes=[InitializedMutableBufferPass(["k_cache", "v_cache"])],
+        run_reinplace_pass=True))  # index_put on the cache -> index_put_ (no cache copy per call))
     path.write_bytes(et.buffer)
     return path.stat().st_size
 
@@ -148,17 +150,23 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
     stage = stage or (lambda name: nullcontext())
     path = Path(path)
     args = model.args
+    from edgekit.export.transforms import export_friendly
+
     try:
-        with stage("export[executorch]"):
-            ep = torch_export(model, max_chunk)
-        with stage("lower[executorch]"):
-            edge = lower(ep, args, max_chunk)
-            stats = delegation_stats(edge)
-        if log:
-            log(f"  xnnpack: {stats['delegated_nodes']}/{stats['total_nodes']} ops delegated in "
-                f"{stats['delegate_calls']} delegate calls; portable: {stats['portable_ops']}")
-        with stage("serialize[executorch]"):
-            size = serialize(edge, path)
+        # The exported program shares the model's weight tensors; lowering copies them into the
+        # XNNPACK payloads and serializing copies the rest, so all three stages run before
+        # export_friendly restores the original weight layout.
+        with export_friendly(model):
+            with stage("export[executorch]"):
+                ep = torch_export(model, max_chunk)
+            with stage("lower[executorch]"):
+                edge = lower(ep, args, max_chunk)
+                stats = delegation_stats(edge)
+            if log:
+                log(f"  xnnpack: {stats['delegated_nodes']}/{stats['total_nodes']} ops delegated in "
+                    f"{stats['delegate_calls']} delegate calls; portable: {stats['portable_ops']}")
+            with stage("serialize[executorch]"):
+                size = serialize(edge, path)
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
         raise InternalError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "rerun with EDGEKIT_DEBUG=1 and report it") from e

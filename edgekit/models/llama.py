@@ -57,12 +57,14 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """Rotate ``x`` (B, H, T, hd) by per-position angles; cos/sin are (T, hd/2)."""
+    B, H, _, hd = x.shape
     if interleaved:
         # Meta / llama2.c layout: pairs (x0, x1), (x2, x3), ...
-        xr = x.reshape(*x.shape[:-1], -1, 2)
+        # (-1 for T, never a symbolic size: XNNPACK lowers reshapes with one inferred dim only)
+        xr = x.reshape(B, H, -1, hd // 2, 2)
         a, b = xr[..., 0], xr[..., 1]
         out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-        return out.reshape(x.shape)
+        return out.reshape(B, H, -1, hd)
     # HF layout: first half rotated against second half.
     half = x.shape[-1] // 2
     a, b = x[..., :half], x[..., half:]
@@ -108,21 +110,26 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, KV, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        # Views use -1 for T and static sizes elsewhere (XNNPACK lowers reshapes with a single
+        # inferred dim but no symbolic sizes), and attention is two 3-D bmm's (a 4-D matmul
+        # exports as expand_copy + bmm, i.e. a copy of the whole cache per layer).
+        B = x.shape[0]
+        H, KV, hd = self.n_heads, self.n_kv, self.hd
+        q = self.wq(x).view(B, -1, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, -1, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.wv(x).view(B, -1, KV, hd).transpose(1, 2)
         q = apply_rope(q, cos, sin, self.interleaved)
         k = apply_rope(k, cos, sin, self.interleaved)
         k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
-        rep = self.n_heads // self.n_kv
+        S = k_all.shape[2]
+        rep = H // KV
         # Group query heads by their KV head instead of copying the cache `rep` times.
-        qg = q.reshape(B, self.n_kv, rep * T, self.hd)
-        scores = torch.matmul(qg, k_all.transpose(2, 3)) * (1.0 / math.sqrt(self.hd))
-        scores = scores.view(B, self.n_kv, rep, T, -1) + mask  # mask (T, S) additive
-        probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B, self.n_kv, rep * T, -1)
-        out = torch.matmul(probs, v_all)  # (B, KV, rep*T, hd)
-        out = out.view(B, self.n_heads, T, self.hd).transpose(1, 2).reshape(B, T, -1)
+        qg = q.reshape(B * KV, -1, hd)  # (B*KV, rep*T, hd)
+        scores = torch.bmm(qg, k_all.reshape(B * KV, S, hd).transpose(1, 2)) * (1.0 / math.sqrt(hd))
+        scores = scores.view(B, KV, rep, -1, S) + mask  # mask (T, S) additive
+        probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B * KV, -1, S)
+        out = torch.bmm(probs, v_all.reshape(B * KV, S, hd))  # (B*KV, rep*T, hd)
+        out = out.view(B, H, -1, hd).transpose(1, 2).reshape(B, -1, H * hd)
         return self.wo(out)
 
 
