@@ -216,3 +216,185 @@ def test_cli_build_runner_json(runner):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert Path(d["path"]) == runner and d["built"] is False and d["executorch_version"].startswith("1.5.1")
+
+
+# ---- packed-weight kernels -------------------------------------------------------------------
+
+KERNEL_SHAPES = [  # (M, N, K, group_size)
+    (1, 37, 192, 64), (1, 5, 64, 32), (3, 5, 64, 32), (7, 37, 192, 64),  # M=7: 4-row tile + 3 singles
+    (2, 9, 100, 32),  # K not a multiple of the group: padded last group
+    (1, 6, 96, None),  # one group per row
+    (5, 3, 40, 8),  # group too small for the SIMD block: scalar only
+]
+KERNEL_TOL = {2: 2e-5, 3: 2e-5, 4: 2e-5, 8: 3e-5}  # relative to max |y|; fp32 sums over <= 192 terms
+
+
+def _packed_case(bits: int, N: int, K: int, group: int | None, seed: int):
+    import numpy as np
+
+    from edgekit.quant.layout import Layout, dequantize_reference, pack_reference
+
+    rng = np.random.default_rng(seed)
+    lay = Layout(bits, group)
+    G = lay.n_groups(K)
+    codes = rng.integers(0, 2 ** bits, size=(N, K))
+    q = pack_reference(codes, lay)
+    scale = rng.uniform(0.01, 0.1, size=(N, G)).astype(np.float16)
+    zero = rng.uniform(-0.2, 0.2, size=(N, G)).astype(np.float16)
+    w = dequantize_reference(q, scale, zero, lay, K)  # independent scalar numpy reference
+    return q, scale, zero, w
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "M{}N{}K{}g{}".format(*s))
+def test_kernel_matches_numpy_reference(runner, bits, shape):
+    import numpy as np
+
+    from edgekit.kernels.cpu import available_impls, linear_wq, picked_impl
+
+    M, N, K, group = shape
+    q, scale, zero, w = _packed_case(bits, N, K, group, seed=M * 1000 + N + bits)
+    x = np.random.default_rng(bits).standard_normal((M, K)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    simd_ok = bits in (2, 4) and (group or K) % (32 if bits == 2 else 16) == 0
+    impls = ["auto", "scalar"] + [i for i in available_impls() if i in ("avx2", "neon")]
+    for impl in impls:
+        if impl in ("avx2", "neon") and not simd_ok:
+            with pytest.raises(UserError, match="unsupported"):
+                linear_wq(x, q, scale, zero, bits, group, impl=impl)
+            continue
+        y = linear_wq(x, q, scale, zero, bits, group, impl=impl)
+        assert y.shape == (M, N)
+        err = float(np.abs(y - ref).max() / np.abs(ref).max())
+        assert err < KERNEL_TOL[bits], (impl, err)
+    assert picked_impl(K, bits, group) == ("scalar" if not simd_ok or len(impls) == 2 else impls[-1])
+
+
+def test_kernel_simd_is_exercised_on_this_cpu(runner):
+    """x86-64 CI machines have AVX2; say so loudly if the SIMD path silently fell back."""
+    import platform
+
+    from edgekit.kernels.cpu import available_impls
+
+    impls = available_impls()
+    if platform.machine() in ("x86_64", "AMD64"):
+        import cpuinfo
+
+        flags = set(cpuinfo.get_cpu_info().get("flags", []))
+        if not {"avx2", "fma"} <= flags:
+            pytest.skip("this x86 CPU has no AVX2+FMA: only the scalar kernel can be checked")
+        assert "avx2" in impls
+    elif platform.machine() in ("aarch64", "arm64"):
+        assert "neon" in impls
+    else:
+        pytest.skip(f"no SIMD kernel for {platform.machine()}")
+
+
+def test_kernel_multithreaded_matches_single(runner):
+    import numpy as np
+
+    from edgekit.kernels.cpu import get_num_threads, linear_wq, set_num_threads
+
+    q, scale, zero, _ = _packed_case(2, 576, 576, 64, seed=5)
+    x = np.random.default_rng(0).standard_normal((3, 576)).astype(np.float32)
+    before = get_num_threads()
+    try:
+        set_num_threads(1)
+        y1 = linear_wq(x, q, scale, zero, 2, 64)
+        set_num_threads(2)
+        assert get_num_threads() == 2
+        y2 = linear_wq(x, q, scale, zero, 2, 64)
+    finally:
+        set_num_threads(before)
+    np.testing.assert_array_equal(y1, y2)  # rows are independent: bitwise identical
+
+
+def test_kernel_rejects_bad_shapes(runner):
+    import numpy as np
+
+    from edgekit.kernels.cpu import linear_wq
+
+    q, scale, zero, _ = _packed_case(2, 5, 64, 32, seed=0)
+    with pytest.raises(UserError, match="do not match"):
+        linear_wq(np.zeros((1, 64), np.float32), q[:, :-1], scale, zero, 2, 32)
+    with pytest.raises(UserError, match="in_features"):
+        linear_wq(np.zeros((1, 63), np.float32), q, scale, zero, 2, 32, in_features=64)
+
+
+class _QLinear(torch.nn.Module):
+    """A linear with RTN-quantized packed weights calling edgekit::linear_w{bits}."""
+
+    def __init__(self, lin: torch.nn.Linear, bits: int, group: int) -> None:
+        super().__init__()
+        from edgekit.quant.layout import Layout, pack_torch
+
+        import edgekit.kernels.ops  # noqa: F401  (registers the ops)
+
+        w = lin.weight.detach().float()
+        N, K = w.shape
+        wg = w.view(N, K // group, group)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-6).half()
+        zero = lo.half()
+        codes = ((wg - zero.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)).round().clamp(0, 2 ** bits - 1)
+        self.register_buffer("qweight", pack_torch(codes.view(N, K).to(torch.uint8), Layout(bits, group)))
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero", zero)
+        self.bits, self.group, self.K = bits, group, K
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = torch.ops.edgekit.linear_w2 if self.bits == 2 else torch.ops.edgekit.linear_w4
+        return op(x, self.qweight, self.scale, self.zero, self.group, self.K)
+
+
+def _quantize_tiny(m: Transformer, bits: int, group: int) -> Transformer:
+    for layer in m.layers:
+        for parent, names in ((layer.attention, ("wq", "wk", "wv", "wo")), (layer.feed_forward, ("w1", "w2", "w3"))):
+            for n in names:
+                setattr(parent, n, _QLinear(getattr(parent, n), bits, group))
+    return m
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_custom_op_program_runs_in_python_runtime_and_runner(runner, bits, tmp_path):
+    """A model whose linears are edgekit::linear_w{bits}: eager (torch reference op), the Python
+    ExecuTorch runtime with the C++ op library loaded, and the native runner agree."""
+    from executorch.runtime import Runtime
+
+    from edgekit.kernels.ops import load_et_kernels
+    from edgekit.runtime.native import generate_native
+
+    m = _quantize_tiny(tiny_model(seed=7), bits, group=32)
+    pte = export_pte(m, tmp_path / "q.pte", max_chunk=8)
+    prompt = [5, 9, 33, 2, 77, 100, 4, 8, 15, 16, 23]
+    with torch.no_grad():
+        want_logits = m(torch.tensor([prompt[:8]]), torch.arange(8))
+    load_et_kernels()
+    method = Runtime.get().load_program(str(pte)).load_method("forward")
+    got = method.execute([torch.tensor([prompt[:8]]), torch.arange(8)])[0]
+    torch.testing.assert_close(got, want_logits, rtol=1e-4, atol=1e-4)
+    want = eager_greedy(m, prompt, 16, max_chunk=8)
+    res = generate_native(pte, prompt, 16, stop_ids=(), threads=2)
+    assert res["tokens"] == want
+
+
+def test_torch_op_reference_and_fake(runner):
+    import numpy as np
+
+    import edgekit.kernels.ops  # noqa: F401
+    from edgekit.kernels.cpu import linear_wq
+
+    q, scale, zero, w = _packed_case(2, 37, 192, 64, seed=1)
+    x = torch.randn(2, 3, 192)
+    y = torch.ops.edgekit.linear_w2(x, torch.from_numpy(q), torch.from_numpy(scale), torch.from_numpy(zero), 64, 192)
+    assert y.shape == (2, 3, 37)
+    torch.testing.assert_close(y, x @ torch.from_numpy(w).T, rtol=1e-5, atol=1e-5)
+    native = linear_wq(x.numpy(), q, scale, zero, 2, 64)
+    np.testing.assert_allclose(native, y.numpy(), rtol=1e-4, atol=1e-5)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fy = torch.ops.edgekit.linear_w2(mode.from_tensor(x), mode.from_tensor(torch.from_numpy(q)),
+                                         mode.from_tensor(torch.from_numpy(scale)),
+                                         mode.from_tensor(torch.from_numpy(zero)), 64, 192)
+    assert fy.shape == (2, 3, 37) and fy.dtype == torch.float32
