@@ -155,3 +155,29 @@ def test_missing_adb_is_one_line_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_ADB", str(tmp_path / "missing-adb"))
     with pytest.raises(ProfileError, match="not an executable"):
         profile_adb(SERIAL)
+
+
+def test_nvidia_gpu_detection_uses_the_catalog(tmp_path, monkeypatch):
+    """A stand-in nvidia-smi reporting one H200: detected with its real memory and classified as a
+    server GPU, with datasheet bandwidth/throughput copied from the catalog (sourced)."""
+    from edgekit.profile.host import classify, detect_cpu, detect_gpus
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpus = detect_gpus()
+    assert len(gpus) == 1
+    g = gpus[0]
+    assert g["name"] == "NVIDIA H200" and g["memory_gib"]["value"] == pytest.approx(140.4, abs=0.05)
+    assert g["bandwidth_gbps"]["value"] == 4800 and g["bandwidth_gbps"]["source"].startswith("catalog (NVIDIA H200 SXM)")
+    assert classify(detect_cpu(), gpus) == "server-gpu"
+    p = DeviceProfile.model_validate({
+        "schema_version": 1,
+        "identity": {"name": "gpu-host", "display_name": "x", "class": "server-gpu", "vendor": "x"},
+        "cpu": detect_cpu(), "memory": {"total_gib": {"value": 8, "source": "test"},
+                                         "app_usable_gib": {"value": 4, "source": "test"}},
+        "accelerators": {"gpus": gpus}, "backends": ["cuda", "xnnpack"]})
+    from edgekit.plan.roofline import resolve_target
+
+    assert resolve_target(p, "cuda").memory_bytes == pytest.approx(143771 * 2**20, rel=1e-4)

@@ -1,8 +1,9 @@
 """The device catalog: load, validate and look up device profiles.
 
 Profiles ship as one JSON file per device in the top-level ``device_profiles/`` directory of the
-checkout; an installed wheel carries the same files as ``edgekit/device_profiles/``. Set
-``EDGEKIT_DEVICE_PROFILES=DIR`` to use another catalog.
+checkout; an installed wheel carries the same files under ``<prefix>/share/edgekit/
+device_profiles`` (see :func:`profiles_dir`). Set ``EDGEKIT_DEVICE_PROFILES=DIR`` to use another
+catalog.
 
 Example::
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import site
+import sys
+import sysconfig
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -26,8 +30,11 @@ from edgekit.profile.schema import DEVICE_CLASSES, DeviceProfile
 
 
 def profiles_dir() -> Path:
-    """The catalog directory: ``$EDGEKIT_DEVICE_PROFILES``, the installed package data
-    (``edgekit/device_profiles``) or the checkout's top-level ``device_profiles``.
+    """The catalog directory, first found of: ``$EDGEKIT_DEVICE_PROFILES``; the checkout's
+    top-level ``device_profiles/`` (source tree, editable install); ``edgekit/device_profiles``
+    inside the package; ``<prefix>/share/edgekit/device_profiles`` where a wheel installs the
+    catalog as data files (``[tool.setuptools.data-files]``), for the environment's and the
+    user's prefix.
 
     Raises:
         ProfileError: when none of them exists.
@@ -40,8 +47,11 @@ def profiles_dir() -> Path:
                                "point it at a folder of device profile JSON files, or unset it")
         return p
     pkg = Path(__file__).resolve().parent.parent  # .../edgekit
-    for cand in (pkg / "device_profiles", pkg.parent / "device_profiles"):
-        if cand.is_dir():
+    share = Path("share") / "edgekit" / "device_profiles"
+    cands = [pkg.parent / "device_profiles", pkg / "device_profiles",
+             Path(sysconfig.get_path("data")) / share, Path(sys.prefix) / share, Path(site.USER_BASE or "~") / share]
+    for cand in cands:
+        if cand.is_dir() and any(cand.glob("*.json")):
             return cand
     raise ProfileError("the device catalog (device_profiles/) is missing from this installation",
                        "reinstall edgekit, or set EDGEKIT_DEVICE_PROFILES=DIR")

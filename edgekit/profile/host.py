@@ -297,8 +297,13 @@ def thread_counts(n: int, quick: bool) -> list[int]:
     return ts + [n]
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
+def _best(fn: Callable[[], object], repeats: int, slow_s: float = 1.0) -> float:
+    """Best time of ``repeats`` calls after an uncounted warm-up; a call slower than ``slow_s``
+    (a slow board, a reference kernel) is repeated only once so --quick stays quick."""
+    t0 = time.perf_counter()
     fn()  # warm-up, not counted
+    if time.perf_counter() - t0 > slow_s:
+        repeats = 1
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
