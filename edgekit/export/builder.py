@@ -16,6 +16,7 @@ import dataclasses
 import platform
 import struct
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -182,7 +183,11 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         gold = golden(model, lm.tokenizer)
         gold["tolerance"] = dict(FP32_TOL)
     programs: dict[str, Any] = {}
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp, warnings.catch_warnings():
+        # The toolchains warn about their own deprecations and about mutable buffers (which
+        # serialize() initialises); keep the stage log readable.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
         if "executorch" in fmts:
             from edgekit.export.executorch import export_executorch
 

@@ -1,0 +1,49 @@
+"""``edgekit export``: build an ExecuTorch and/or ONNX package from a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from edgekit.cli.common import emit_json, log, out, progress
+
+MODEL_HELP = "Checkpoint: llama2.c .bin, HF directory or edgekit checkpoint (default: built-in stories260K)."
+
+
+def export(
+    model: Annotated[Optional[str], typer.Argument(help=MODEL_HELP)] = None,
+    *,
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Package directory to create.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="executorch, onnx or both.")] = "executorch",
+    max_seq_len: Annotated[Optional[int], typer.Option("--max-seq-len", help="KV cache length (default: the checkpoint's).")] = None,
+    max_chunk: Annotated[int, typer.Option("--max-chunk", help="Most tokens per ExecuTorch forward call (dynamic T).", min=1)] = 32,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Export a model to a verified package (staged: load, transform, export, lower, serialize, verify).
+
+    Examples:
+      edgekit export --out out/stories --format both --max-seq-len 256
+      edgekit export ./SmolLM2-135M --out out/smollm --format executorch --max-chunk 16 --force
+    """
+    from edgekit.export.builder import export_package, n_stages, parse_formats
+
+    fmts = parse_formats(fmt)
+    with progress("export", n_stages(fmts)) as advance:
+        m = export_package(model, out_dir, formats=fmts, max_seq_len=max_seq_len, max_chunk=max_chunk,
+                           force=force, log=log, advance=advance)
+    if json_out:
+        emit_json(m)
+        return
+    for kind, p in m["programs"].items():
+        extra = ""
+        if kind == "executorch":
+            extra = f", xnnpack {p['delegated_nodes']}/{p['total_nodes']} ops in {p['delegate_calls']} delegates"
+        out.print(f"{kind}: {out_dir}/{p['file']} ({p['size'] / 1e6:.1f} MB{extra})", markup=False)
+    out.print(f"package {out_dir}: max_seq_len {m['max_seq_len']}, max_chunk {m['max_chunk']}, "
+              f"{len(m['files'])} files; build {sum(m['build']['stage_seconds'].values()):.1f} s", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
