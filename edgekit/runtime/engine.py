@@ -137,8 +137,16 @@ class Engine:
             raise UserError("empty prompt", "pass a non-empty --prompt")
         c = self.backend.max_chunk
         logits = None
+        last_only = getattr(self.backend, "supports_last_only", False)
         for i in range(0, len(ids), c):
-            logits = self.step(ids[i:i + c])
+            chunk = ids[i:i + c]
+            if last_only:  # no chunk x V logits buffer: the head runs on the last row only
+                if self.pos + len(chunk) > self.backend.max_seq_len:
+                    self.step(chunk)  # raises the context-full error
+                logits = self.backend.forward(chunk, self.pos, last_only=True)
+                self.pos += len(chunk)
+            else:
+                logits = self.step(chunk)
         return logits[-1]
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 64,
@@ -195,6 +203,7 @@ class EagerBackend:
     """
 
     name = "eager"
+    supports_last_only = True
 
     def __init__(self, model: torch.nn.Module, max_chunk: int | None = None, n_layers: int | None = None) -> None:
         self.model = model.eval()
@@ -204,9 +213,13 @@ class EagerBackend:
         self.n_layers = n_layers
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+    def forward(self, tokens: list[int], start_pos: int, last_only: bool = False) -> torch.Tensor:
+        """Logits (T, V); with ``last_only`` (1, V) for the last token only."""
         t = torch.tensor([tokens], dtype=torch.long)
         pos = torch.arange(start_pos, start_pos + len(tokens))
+        if last_only:
+            h = self.model(t, pos, n_layers=self.n_layers, return_hidden=True)[0, -1:]
+            return self.model.output(h).float()
         return self.model(t, pos, n_layers=self.n_layers)[0]
 
     @torch.inference_mode()

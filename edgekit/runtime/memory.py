@@ -30,6 +30,7 @@ from edgekit.plan.memory import Draft, ModelShape, RuntimeSpec, WeightFormat, es
 from edgekit.runtime.spec import SpecConfig
 
 MIB = 1 << 20
+MIN_CHUNK = 8  # smallest prefill chunk the manager shrinks to
 
 # Settings the manager chooses among: chains k=1..8, and top-b trees of T nodes.
 CHAINS = [SpecConfig(k=k) for k in range(1, 9)]
@@ -103,7 +104,8 @@ class SpecMemo:
     def __init__(self, args: ModelArgs, budget_bytes: int, *, weight_bytes: int,
                  draft_kind: str = "none", exit_layer: int = 0, draft_weight_bytes: int = 0,
                  draft_cost_layers: float | None = None, kv_bytes: float = 4, grow_chunk: int = 64,
-                 keep: float = 0.96, runtime: RuntimeSpec | None = None, target=None) -> None:
+                 keep: float = 0.96, runtime: RuntimeSpec | None = None, target=None,
+                 prefill_chunk: int = 64) -> None:
         self.args = args
         self.shape = ModelShape.from_args(args, args.arch)
         self.budget = budget_bytes
@@ -121,6 +123,7 @@ class SpecMemo:
         self.accept = AcceptanceModel()
         self.rows = 0  # KV rows allocated so far
         self.rows_used = 0  # tokens the conversation already holds
+        self.prefill_chunk = prefill_chunk  # shrunk when activations would not fit
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, budget_bytes: int, **kw) -> "SpecMemo":
@@ -136,13 +139,15 @@ class SpecMemo:
                      tree_size=spec.tree[1] if spec.tree else None,
                      shape=self.shape if kind == "model" else None)
 
-    def breakdown(self, rows: int, spec: SpecConfig | None, *, prefill_chunk: int = 64) -> dict[str, int]:
-        """Named byte terms for ``rows`` KV rows and a speculative setting (weights measured)."""
+    def breakdown(self, rows: int, spec: SpecConfig | None, *, prefill_chunk: int | None = None) -> dict[str, int]:
+        """Named byte terms for ``rows`` KV rows and a speculative setting (weights measured).
+        Attention runs over all allocated rows, so activations scale with ``rows`` too."""
         m = estimate_memory(self.shape, WeightFormat(bits=32, float_bytes=4), context=rows,
-                            kv_bytes=self.kv_bytes, draft=self._draft(spec), prefill_chunk=prefill_chunk,
+                            kv_bytes=self.kv_bytes, draft=self._draft(spec),
+                            prefill_chunk=prefill_chunk or self.prefill_chunk,
                             logits_all=False, runtime=self.runtime)
         terms = {k: v for k, v in m.terms.items() if not k.startswith("weights")}
-        if spec is not None and spec.tree is not None:
+        if spec is not None and spec.tree is not None and not spec.full_logits:
             # Tree verification keeps argmaxes only (HEAD_ROWS rows of logits at a time).
             from edgekit.runtime.engine import HEAD_ROWS
 
@@ -161,7 +166,7 @@ class SpecMemo:
         """Raise ``BudgetError`` (before anything is allocated) when even plain decoding of this
         turn does not fit; the message names the smallest budget that would."""
         rows = min(self.args.max_seq_len, prompt + max_new)
-        need = self.total(rows, None)
+        need = sum(self.breakdown(rows, None, prefill_chunk=MIN_CHUNK).values())
         if need > self.budget:
             raise BudgetError(
                 f"budget {self.budget / MIB:.1f} MiB cannot hold plain decoding of {rows} tokens "
@@ -177,11 +182,15 @@ class SpecMemo:
         rows = min(self.args.max_seq_len, -(-want // self.grow_chunk) * self.grow_chunk)
         while rows - self.grow_chunk >= want and self.total(rows, spec) > self.budget:
             rows -= self.grow_chunk
-        if self.total(max(rows, want), spec) > self.budget:
+        rows = max(rows, want)
+        # Smaller prefill chunks trade TTFT for activation memory.
+        while self.total(rows, spec) > self.budget and self.prefill_chunk > MIN_CHUNK:
+            self.prefill_chunk //= 2
+        if self.total(rows, spec) > self.budget:
             self.check_plain(self.rows_used + prompt, max_new)
             raise BudgetError(f"budget {self.budget / MIB:.1f} MiB cannot hold this turn with "
                               f"speculation (T={T})", "raise --budget-mb or use --draft none")
-        self.rows = max(self.rows, rows, want)
+        self.rows = max(self.rows, rows)
         return self.rows
 
     # --- speed ----------------------------------------------------------------------------------

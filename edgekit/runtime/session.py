@@ -122,6 +122,9 @@ class ChatSession:
             rows = self.memo.rows_for_turn(len(ids), max_new_tokens, spec)
             if rows != self.lm.model.cache_len:
                 self._resize(rows)
+            for be in (self.engine.backend, getattr(self.drafter, "backend", None)):
+                if be is not None:
+                    be.max_chunk = self.memo.prefill_chunk
         if self.drafter is None or spec is None:
             res = self.engine.generate(ids, max_new_tokens, self.sampling, on_token=on_token)
             tau, label = 1.0, "none"

@@ -32,6 +32,7 @@ class SpecConfig:
 
     k: int = 4
     tree: tuple[int, int] | None = None
+    full_logits: bool = False  # keep T x V verification logits (the naive engine's behaviour)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -106,6 +107,7 @@ class ModelDrafter:
         self.fed: list[int] = []
         self.name = getattr(backend, "name", "draft")
         self.top: list[list[int]] = []  # draft's top-RANKS tokens at each drafted position
+        self.full_logits = False
 
     def _run(self, tokens: list[int], start: int) -> torch.Tensor:
         return self.backend.forward(tokens, start)
@@ -122,8 +124,13 @@ class ModelDrafter:
         todo = context[c:]
         chunk = self.backend.max_chunk
         logits = None
+        last_only = getattr(self.backend, "supports_last_only", False)
         for i in range(0, len(todo), chunk):
-            logits = self._run(todo[i:i + chunk], c + i)
+            part = todo[i:i + chunk]
+            if last_only:
+                logits = self.backend.forward(part, c + i, last_only=True)
+            else:
+                logits = self._run(part, c + i)
         self.fed = list(context)
         return logits[-1]
 
@@ -168,8 +175,12 @@ class ModelDrafter:
                 score.append(s)
             if len(tokens) >= max_nodes:
                 break
-            # One draft forward over the whole tree; the head runs only for the new frontier.
-            lg = self.backend.forward_tree(tokens, start, parents, rows=frontier)
+            # One draft forward over the whole tree; the head runs only for the new frontier
+            # (the naive setting computes logits for every node).
+            if self.full_logits:
+                lg = self.backend.forward_tree(tokens, start, parents)[frontier]
+            else:
+                lg = self.backend.forward_tree(tokens, start, parents, rows=frontier)
             for j, n in enumerate(frontier):
                 logp[n] = torch.log_softmax(lg[j].float(), -1)
         self.fed = list(context[:-1])  # tree rows are scratch; resync next time
@@ -202,6 +213,7 @@ class SpecDecoder:
         self.drafter = drafter
         self.cfg = cfg
         self.observe = observe or (lambda rank: None)
+        drafter.full_logits = cfg.full_logits
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 64,
                  sampling: SamplingConfig | None = None,
@@ -298,7 +310,10 @@ class SpecDecoder:
         b = self.cfg.tree[0]
         tokens, parents = self.drafter.tree(context, b, max_nodes)
         # Greedy acceptance needs only each node's argmax: no T x V logits are kept.
-        best = eng.backend.forward_tree(tokens, start, parents, argmax_only=True)  # (T,)
+        if self.cfg.full_logits:
+            best = eng.backend.forward_tree(tokens, start, parents).argmax(-1)  # via (T, V)
+        else:
+            best = eng.backend.forward_tree(tokens, start, parents, argmax_only=True)  # (T,)
         children: dict[int, dict[int, int]] = {}
         for i, p in enumerate(parents):
             if p >= 0:
