@@ -172,6 +172,7 @@ def test_measure_process_baseline():
     (dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=688, vocab_size=128000), 739.3),
     (dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=688, vocab_size=128000,
           tie_embeddings=True), 739.4),
+    (dict(dim=1024, n_layers=8, n_heads=16, n_kv_heads=4, hidden_dim=2816, vocab_size=4000), 764.0),
 ])
 def test_xnnpack_calibration_points(kw, measured_mib):
     """Peak RSS measured on the dev machine (executorch 1.5.1 Python runtime, fp32 XNNPACK .pte of

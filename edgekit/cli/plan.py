@@ -94,6 +94,8 @@ def plan(
                                                     "perplexity by more than this fraction.")] = 0.10,
     acceptance: Annotated[Optional[float], typer.Option("--acceptance", help="Draft acceptance rate per token "
                                                         "(default: per-draft priors).")] = None,
+    kv_dtype: Annotated[Optional[str], typer.Option("--kv-dtype", help="KV cache dtype: fp32, fp16, bf16 or "
+                                                    "int8 (default: the backend's).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="python or native (process overhead).")] = "python",
     top: Annotated[int, typer.Option("--top", min=1, help="How many configurations to list.")] = 5,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the chosen configuration "
@@ -120,7 +122,7 @@ def plan(
     res = make_plan(model, device, budget_mb=budget_mb, context=context, draft=draft, draft_length=draft_length,
                     objective=objective, backend=backend, presets=preset, threads=threads,  # type: ignore[arg-type]
                     prompt_tokens=prompt_tokens, max_ppl_increase=max_ppl_increase, acceptance=acceptance,
-                    runtime=runtime)  # type: ignore[arg-type]
+                    kv_dtype=kv_dtype, runtime=runtime)  # type: ignore[arg-type]
     log(f"planned {len(res.ranked) + len(res.rejected)} configurations: {len(res.ranked)} fit, "
         f"{len(res.rejected)} rejected")
     if out_file is not None:

@@ -43,6 +43,7 @@ PLAN_SCHEMA = "edgekit.plan"
 PLAN_SCHEMA_VERSION = 1
 SPECMEMO_KEEP = 0.96  # keep >= 96% of the best speculative throughput (papers.md section 1)
 DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8)
+KV_DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 # Acceptance-rate priors (per drafted token) when --acceptance is not given. They are
 # assumptions, not measurements: measure tau with `edgekit bench` and pass --acceptance.
@@ -442,6 +443,8 @@ def plan(model: str | os.PathLike | ModelArgs | ModelShape, device: str | os.Pat
         presets: restrict the weight presets (default: all).
         max_ppl_increase: drop presets whose expected perplexity ratio exceeds ``1 + this``.
         acceptance: per-token draft acceptance rate; default: the priors in :data:`ALPHA_PRIORS`.
+        kv_dtype: KV cache dtype (:data:`KV_DTYPES`); default: the backend's (fp32 on CPU backends,
+            as edgekit's model keeps it, fp16 elsewhere).
         runtime: ``python`` (edgekit's Python runtime) or ``native`` (a C++ runner) for the
             process overhead term.
 
@@ -483,8 +486,8 @@ def plan(model: str | os.PathLike | ModelArgs | ModelShape, device: str | os.Pat
         budget = int(budget_mb * MIB) if budget_mb is not None else tgt.memory_bytes
         budgets[b] = budget
         kv_name = kv_dtype or info.kv_dtype
-        if kv_name not in DTYPE_BYTES:
-            raise UserError(f"unknown KV dtype {kv_name!r}", "use fp32, fp16 or int8")
+        if kv_name not in KV_DTYPES:
+            raise UserError(f"unknown KV cache dtype {kv_name!r}", f"use one of {', '.join(KV_DTYPES)}")
         kv_b = DTYPE_BYTES[kv_name]
         rt = RuntimeSpec(runtime=runtime, engine=_engine_for(b), backend=b,
                          gpu_pool=info.kind == "gpu" and not tgt.unified)
