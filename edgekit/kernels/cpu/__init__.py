@@ -46,6 +46,9 @@ def lib() -> ctypes.CDLL:
             L.ek_impl_available.argtypes = [ctypes.c_int]
             L.ek_set_num_threads.argtypes = [ctypes.c_int]
             L.ek_status_str.restype = ctypes.c_char_p
+            L.ek_bench_linear_wq.argtypes = [f32p, i64, i64, u8p, u16p, u16p, i64, ctypes.c_int, i64, f32p,
+                                             ctypes.c_int, ctypes.c_int]
+            L.ek_bench_linear_wq.restype = ctypes.c_double
             _lib = L
         return _lib
 
@@ -128,3 +131,24 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
         raise UserError(f"kernel {impl} failed: {L.ek_status_str(st).decode()}",
                         f"available here: {', '.join(available_impls())}")
     return y
+
+
+def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: str = "auto",
+                    iters: int = 100) -> float:
+    """Mean seconds per kernel call over ``iters`` back-to-back calls timed inside C (one
+    untimed call first), so Python and ctypes overhead are not counted."""
+    xa, q = _arr(x, np.float32), _arr(qweight, np.uint8)
+    s, z = _half_bits(scale), _half_bits(zero)
+    K = xa.shape[-1]
+    M = int(np.prod(xa.shape[:-1], dtype=np.int64))
+    N = q.shape[0]
+    y = np.empty((M, N), dtype=np.float32)
+    P = ctypes.POINTER
+    t = lib().ek_bench_linear_wq(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
+                                 s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N,
+                                 bits, int(group_size or 0), y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl],
+                                 int(iters))
+    if t < 0:
+        raise UserError(f"kernel {impl} failed: {lib().ek_status_str(int(-t)).decode()}",
+                        f"available here: {', '.join(available_impls())}")
+    return float(t)

@@ -4,7 +4,8 @@
 // shifting all lanes by b*j and masking gives codes k = CPB*i + j (i = lane, CPB = 8/b codes
 // per byte), i.e. a strided subset of the block. Instead of gathering x with that stride in
 // the inner loop, x is permuted once per call (prep_x) so those 8 activations are contiguous:
-//   xp[blk*BLOCK + 8*j + i] = x[blk*BLOCK + CPB*i + j],  BLOCK = 8*CPB codes per 8 bytes.
+//   xp[blk*BLOCK + 8*j + i] = x[blk*BLOCK + CPB*i + j] * 2^-(b*j),  BLOCK = 8*CPB codes per 8 bytes
+// (the 2^-(b*j) undoes masking code j in place instead of shifting it down).
 // The dot product is order-independent, so row n contributes
 //   y[m, n] = sum_g scale[n,g] * <u[n, group g], xp[m, group g]> + zero[n,g] * xsum[m, g]
 // where xsum[m, g] is the plain sum of x over the group's real (unpadded) columns, also
@@ -13,6 +14,8 @@
 #include "wq_linear.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -118,6 +121,10 @@ bool simd_shape_ok(int bits, int64_t g) {
 void prep_x(const Shape& s, const float* x, float* xp, float* xsum) {
   const int cpb = 8 / s.bits;
   const int64_t block = simd_block(s.bits);
+  // The kernels mask code j in place (value u * 2^(bits*j)) instead of shifting it down, so
+  // slot j of x is pre-scaled by 2^-(bits*j): exact, and one instruction less per 8 codes.
+  float slot_scale[4];
+  for (int j = 0; j < cpb; ++j) slot_scale[j] = std::ldexp(1.0f, -s.bits * j);
   for (int64_t m = 0; m < s.M; ++m) {
     const float* xm = x + m * s.K;
     float* out = xp + m * s.K_pad;
@@ -125,7 +132,7 @@ void prep_x(const Shape& s, const float* x, float* xp, float* xsum) {
       for (int j = 0; j < cpb; ++j) {
         for (int i = 0; i < 8; ++i) {
           int64_t k = b0 + static_cast<int64_t>(cpb) * i + j;
-          out[b0 + 8 * j + i] = k < s.K ? xm[k] : 0.f;
+          out[b0 + 8 * j + i] = k < s.K ? xm[k] * slot_scale[j] : 0.f;
         }
       }
     }
@@ -140,25 +147,35 @@ void prep_x(const Shape& s, const float* x, float* xp, float* xsum) {
 
 // ---- AVX2 + FMA ------------------------------------------------------------------------------
 #ifdef EK_HAVE_X86
-__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+__attribute__((target("avx2,fma,f16c"))) inline float hsum256(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   lo = _mm_hadd_ps(lo, lo);
   lo = _mm_hadd_ps(lo, lo);
   return _mm_cvtss_f32(lo);
 }
 
-// y[m0..m0+MT) at output row n.
+// Code j of each lane (lane i holds byte i of the block), masked in place, as floats:
+// u[CPB*i + j] * 2^(BITS*j) (prep_x scales the matching x by 2^-(BITS*j)). The shifted mask is
+// a constant the compiler hoists out of the loop.
+template <int BITS, int J>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 codes_avx2(__m256i v, __m256i mask) {
+  return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_slli_epi32(mask, J * BITS)));
+}
+
+// y[m0..m0+MT) at output row n. MT == 1 (decode) keeps one accumulator per code slot j so the
+// FMA chains are independent; MT == 4 (prefill) shares each decoded vector across 4 rows of x
+// with two accumulators per row. Scale and zero are converted with F16C.
 template <int BITS, int MT>
-__attribute__((target("avx2,fma"))) void tile_avx2(const Shape& s, const float* xp,
-                                                    const float* xsum, const uint8_t* row,
-                                                    const uint16_t* sc, const uint16_t* zr,
-                                                    int64_t n, int64_t m0, float* y) {
+__attribute__((target("avx2,fma,f16c"))) void tile_avx2(const Shape& s, const float* xp,
+                                                         const float* xsum, const uint8_t* row,
+                                                         const uint16_t* sc, const uint16_t* zr,
+                                                         int64_t n, int64_t m0, float* y) {
   constexpr int CPB = 8 / BITS;
   constexpr int BLOCK = 8 * CPB;
+  constexpr int NACC = MT == 1 ? CPB : 2;  // accumulators per x row
   const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
-  __m256i shift[CPB];
-  for (int j = 0; j < CPB; ++j) shift[j] = _mm256_set1_epi32(j * BITS);
   const int64_t blocks = s.g / BLOCK;
+  const int64_t ldx = s.K_pad;
   __m256 racc[MT];
   float zacc[MT];
   for (int t = 0; t < MT; ++t) {
@@ -167,23 +184,32 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Shape& s, const float* 
   }
   const uint8_t* p = row;
   for (int64_t g = 0; g < s.G; ++g) {
-    __m256 gacc[MT][2];
-    for (int t = 0; t < MT; ++t) gacc[t][0] = gacc[t][1] = _mm256_setzero_ps();
-    const float* xg = xp + m0 * s.K_pad + g * s.g;
-    for (int64_t b = 0; b < blocks; ++b, p += 8) {
-      __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    __m256 acc[MT][NACC];
+    for (int t = 0; t < MT; ++t)
+      for (int a = 0; a < NACC; ++a) acc[t][a] = _mm256_setzero_ps();
+    const float* xg = xp + m0 * ldx + g * s.g;
+    for (int64_t b = 0; b < blocks; ++b, p += 8, xg += BLOCK) {
+      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+      __m256 f[CPB];
+      f[0] = codes_avx2<BITS, 0>(v, mask);
+      f[1] = codes_avx2<BITS, 1>(v, mask);
+      if constexpr (CPB == 4) {
+        f[2] = codes_avx2<BITS, 2>(v, mask);
+        f[3] = codes_avx2<BITS, 3>(v, mask);
+      }
       for (int j = 0; j < CPB; ++j) {
-        __m256 f = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, shift[j]), mask));
         for (int t = 0; t < MT; ++t) {
-          const float* xa = xg + t * s.K_pad + b * BLOCK + 8 * j;
-          gacc[t][j & 1] = _mm256_fmadd_ps(f, _mm256_loadu_ps(xa), gacc[t][j & 1]);
+          __m256& a = acc[t][j % NACC];
+          a = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xg + t * ldx + 8 * j), a);
         }
       }
     }
-    const __m256 sv = _mm256_set1_ps(half_to_float(sc[n * s.G + g]));
-    const float z = half_to_float(zr[n * s.G + g]);
+    const __m256 sv = _mm256_set1_ps(_cvtsh_ss(sc[n * s.G + g]));
+    const float z = _cvtsh_ss(zr[n * s.G + g]);
     for (int t = 0; t < MT; ++t) {
-      racc[t] = _mm256_fmadd_ps(sv, _mm256_add_ps(gacc[t][0], gacc[t][1]), racc[t]);
+      __m256 sum = acc[t][0];
+      for (int a = 1; a < NACC; ++a) sum = _mm256_add_ps(sum, acc[t][a]);
+      racc[t] = _mm256_fmadd_ps(sv, sum, racc[t]);
       zacc[t] += z * xsum[(m0 + t) * s.G + g];
     }
   }
@@ -191,7 +217,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Shape& s, const float* 
 }
 
 template <int BITS>
-__attribute__((target("avx2,fma"))) void rows_avx2(const Shape& s, const float* xp,
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const Shape& s, const float* xp,
                                                     const float* xsum, const uint8_t* qw,
                                                     const uint16_t* sc, const uint16_t* zr,
                                                     float* y, int64_t n0, int64_t n1) {
@@ -204,7 +230,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Shape& s, const float* 
 }
 
 bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
   return ok;
 }
 #else
@@ -218,7 +245,6 @@ void tile_neon(const Shape& s, const float* xp, const float* xsum, const uint8_t
                const uint16_t* sc, const uint16_t* zr, int64_t n, int64_t m0, float* y) {
   constexpr int CPB = 8 / BITS;
   constexpr int BLOCK = 8 * CPB;
-  const uint32x4_t mask = vdupq_n_u32((1u << BITS) - 1u);
   const int64_t blocks = s.g / BLOCK;
   float32x4_t racc[MT];
   float zacc[MT];
@@ -236,9 +262,10 @@ void tile_neon(const Shape& s, const float* xp, const float* xsum, const uint8_t
       uint32x4_t lo = vmovl_u16(vget_low_u16(h));   // bytes 0..3 -> lanes i = 0..3
       uint32x4_t hi = vmovl_u16(vget_high_u16(h));  // bytes 4..7 -> lanes i = 4..7
       for (int j = 0; j < CPB; ++j) {
-        const int32x4_t sh = vdupq_n_s32(-j * BITS);  // negative = logical right shift
-        float32x4_t f0 = vcvtq_f32_u32(vandq_u32(vshlq_u32(lo, sh), mask));
-        float32x4_t f1 = vcvtq_f32_u32(vandq_u32(vshlq_u32(hi, sh), mask));
+        // Masked in place: u * 2^(BITS*j); prep_x pre-scaled x's slot j by 2^-(BITS*j).
+        const uint32x4_t mj = vdupq_n_u32(((1u << BITS) - 1u) << (j * BITS));
+        float32x4_t f0 = vcvtq_f32_u32(vandq_u32(lo, mj));
+        float32x4_t f1 = vcvtq_f32_u32(vandq_u32(hi, mj));
         for (int t = 0; t < MT; ++t) {
           const float* xa = xg + t * s.K_pad + b * BLOCK + 8 * j;
           gacc[t][0] = vfmaq_f32(gacc[t][0], f0, vld1q_f32(xa));
@@ -422,6 +449,20 @@ int ek_set_num_threads(int n) {
 #else
   return n == 1 ? EK_OK : EK_UNSUPPORTED;
 #endif
+}
+
+double ek_bench_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                          const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                          int64_t group_size, float* y, int impl, int iters) {
+  if (iters < 1) return -EK_BAD_ARG;
+  int st = ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
+  if (st != EK_OK) return -st;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) {
+    ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
+  }
+  std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / iters;
 }
 
 const char* ek_status_str(int status) {

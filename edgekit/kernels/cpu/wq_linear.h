@@ -11,7 +11,7 @@
  *   [N, row_bytes]. b=2: code k at bits 2*(k%4) of byte k/4; b=4: low nibble first.
  *   Padded columns k >= K are never multiplied.
  *
- * Implementations: a scalar reference (all of b = 2, 3, 4, 8), AVX2+FMA (x86-64, b = 2 with
+ * Implementations: a scalar reference (all of b = 2, 3, 4, 8), AVX2+FMA+F16C (x86-64, b = 2 with
  * g % 32 == 0, b = 4 with g % 16 == 0; chosen at run time by CPUID) and NEON (aarch64, same
  * conditions). Work is split over output rows on the ExecuTorch threadpool when the library
  * is built with it (EDGEKIT_USE_ET_THREADPOOL), else runs on the calling thread.
@@ -71,6 +71,12 @@ int ek_impl_available(int impl);
  * resizes the shared pool, so also changes XNNPACK's threads in the same process. */
 int ek_get_num_threads(void);
 int ek_set_num_threads(int n);
+
+/* Benchmark helper: runs ek_linear_wq `iters` times back to back (after one untimed call)
+ * and returns the mean seconds per call, or a negative ek_status on failure. */
+double ek_bench_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                          const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                          int64_t group_size, float* y, int impl, int iters);
 
 /* A static string naming a status code. */
 const char* ek_status_str(int status);
