@@ -101,10 +101,11 @@ def resolve_model(model: str | os.PathLike | ModelArgs | ModelShape) -> tuple[Mo
                                               "args": args.to_dict()}
 
 
-def parse_drafts(spec: str, shape: ModelShape, target_bits: int) -> list[Draft]:
+def parse_drafts(spec: str, shape: ModelShape) -> list[Draft]:
     """Draft kinds for ``--draft`` (lengths are set later): ``none``, ``auto`` (none, early exit at
-    L/4 and L/2, quantized self-drafts below the target's width, same-vocabulary smaller shapes),
-    ``early-exit:K``, ``self-quant:BITS``, ``medusa:K``, or a draft model (shape name or path).
+    L/4 and L/2, 4- and 2-bit quantized self-drafts, same-vocabulary shapes under a quarter of the
+    target's size), ``early-exit:K``, ``self-quant:BITS``, ``medusa:K``, or a draft model (shape
+    name or path). Medusa heads are never picked by ``auto``: they need trained heads.
 
     Raises:
         UserError: a malformed spec.
@@ -117,7 +118,7 @@ def parse_drafts(spec: str, shape: ModelShape, target_bits: int) -> list[Draft]:
         for k in sorted({max(1, shape.n_layers // 4), max(1, shape.n_layers // 2)}):
             if k < shape.n_layers:
                 out.append(Draft("early-exit", exit_layer=k))
-        out += [Draft("self-quant", bits=b) for b in (4, 2) if b < target_bits]
+        out += [Draft("self-quant", bits=b) for b in (4, 2)]
         for name, args in SHAPES.items():
             d = ModelShape.from_args(args, name)
             if d.vocab_size == shape.vocab_size and d.n_params() < shape.n_params() / 4:
@@ -478,6 +479,7 @@ def plan(model: str | os.PathLike | ModelArgs | ModelShape, device: str | os.Pat
     backends = [backend] if backend else list(dict.fromkeys(prof.backends))
     targets = {b: resolve_target(prof, b, threads) for b in backends}
     lengths = (draft_length,) if draft_length else DRAFT_LENGTHS
+    drafts = parse_drafts(draft, shape)
 
     cands: list[Candidate] = []
     budgets: dict[str, int] = {}
@@ -498,10 +500,11 @@ def plan(model: str | os.PathLike | ModelArgs | ModelShape, device: str | os.Pat
             heads = ["float"] if preset.is_float else ["quantized", "float"]
             for head in heads:
                 fmt = WeightFormat.from_preset(preset, float_bytes=float_b, lm_head=head)  # type: ignore[arg-type]
-                drafts = parse_drafts(draft, shape, preset.bits)
                 for ffn in (("sparse", "dense") if shape.is_blockffn else ("dense",)):
                     sparse = ffn == "sparse"
                     for d0 in drafts:
+                        if draft == "auto" and d0.kind == "self-quant" and d0.bits >= preset.bits:
+                            continue  # a self-draft only helps below the target's width
                         for k in ((0,) if d0.kind == "none" else lengths):
                             d = _with_length(d0, k)
                             cands.append(_price(shape, fmt, tgt, pname, head, d, context=context, prompt=prompt,
@@ -512,15 +515,17 @@ def plan(model: str | os.PathLike | ModelArgs | ModelShape, device: str | os.Pat
     fitting = [c for c in cands if c.fits]
     rejected = [c for c in cands if not c.fits]
     if not fitting:
-        raise _nothing_fits(cands, shape, prof, context, budgets, max_ppl_increase)
+        raise _nothing_fits(cands, shape, prof, context, budgets)
     if objective == "decode":
         fitting.sort(key=lambda c: (-c.decode_tok_s, PRESETS[c.preset].rel_ppl, c.memory.total))
     else:
         fitting.sort(key=lambda c: (c.ttft_s, -c.decode_tok_s, c.memory.total))
     best = fitting[0]
     same = [c for c in fitting if (c.backend, c.preset, c.lm_head, c.ffn) == (best.backend, best.preset, best.lm_head, best.ffn)]
-    key = (lambda c: c.decode_tok_s) if objective == "decode" else (lambda c: -c.ttft_s)
-    keep = [c for c in same if key(c) >= (SPECMEMO_KEEP * key(best) if key(best) > 0 else key(best) / SPECMEMO_KEEP)]
+    if objective == "decode":
+        keep = [c for c in same if c.decode_tok_s >= SPECMEMO_KEEP * best.decode_tok_s]
+    else:
+        keep = [c for c in same if c.ttft_s <= best.ttft_s / SPECMEMO_KEEP]
     chosen = min(keep, key=lambda c: (c.memory.total, -c.decode_tok_s))
     selection = (f"fastest format {best.preset}/{best.backend}; among its draft settings the least memory within "
                  f"{SPECMEMO_KEEP:.0%} of its best predicted {'decode speed' if objective == 'decode' else 'TTFT'} "
@@ -571,6 +576,8 @@ def _price(shape: ModelShape, fmt: WeightFormat, tgt: Target, preset: str, head:
     p = PRESETS[preset]
     if preset not in tgt.info.presets:
         c.reasons.append(f"backend {tgt.backend} has no kernels for {preset}")
+    if d.kind == "self-quant" and d.bits >= p.bits:
+        c.reasons.append(f"a {d.bits}-bit self-draft is not cheaper than the {preset} target")
     if p.rel_ppl - 1.0 > max_ppl_increase + 1e-9:
         c.reasons.append(f"expected perplexity +{(p.rel_ppl - 1) * 100:.0f}% ({p.rel_ppl_source}) exceeds "
                          f"--max-ppl-increase {max_ppl_increase:.0%}")
@@ -604,7 +611,7 @@ def _max_context(c: Candidate, shape: ModelShape) -> int:
 
 
 def _nothing_fits(cands: list[Candidate], shape: ModelShape, prof: DeviceProfile, context: int,
-                  budgets: dict[str, int], max_ppl: float) -> BudgetError:
+                  budgets: dict[str, int]) -> BudgetError:
     """The error for an empty plan: the smallest budget that would fit and the knob to turn."""
     def only_budget(c: Candidate) -> bool:
         return all(r.startswith("needs ") for r in c.reasons)
@@ -631,5 +638,9 @@ def _nothing_fits(cands: list[Candidate], shape: ModelShape, prof: DeviceProfile
         return BudgetError(f"nothing fits {budget_txt} for {where}: the smallest configuration needs "
                            f"{_gib(best.memory.total)} ({best.label})", "; or ".join(hints))
     reasons = sorted({r.split(" (")[0] for c in cands for r in c.reasons})
+    knobs = {"self-draft": "a self-quant draft with fewer bits than the preset",
+             "no kernels": "another --backend or --preset", "perplexity": "a larger --max-ppl-increase",
+             "per-session": "another --backend than the NPU", "needs ": "a larger --budget-mb"}
+    hint = [k for key, k in knobs.items() if any(key in r for r in reasons)]
     return BudgetError(f"no configuration of {where} is allowed: {'; '.join(reasons[:3])}",
-                       "relax --max-ppl-increase, choose another --backend or --preset, or raise --budget-mb")
+                       "try " + ", or ".join(hint or ["other options"]))
