@@ -209,3 +209,18 @@ def test_roofline_decode_is_bandwidth_over_bytes():
     # Verifying 5 tokens costs almost the same as 1 while memory-bound.
     v = forward_time(shape, fmt, t, tokens=5, context=1024, kv_bytes=2)
     assert v.seconds < 1.05 * s.seconds
+
+
+def test_ttft_objective_draft_model_and_text_output():
+    from edgekit.models.load import default_model_path
+
+    res = plan("qwen2.5-0.5b", "jetson-orin-nx-16gb", objective="ttft", draft="none")
+    assert res.chosen.ttft_s <= min(c.ttft_s for c in res.ranked) / 0.96
+    stories = str(default_model_path())
+    dm = plan(stories, "aws-graviton3", draft=stories, draft_length=2, presets=["fp32"])
+    assert {c.draft.kind for c in dm.ranked} == {"model"}
+    assert "kv_cache.draft" in dm.chosen.memory.terms and dm.chosen.memory.terms["weights.draft"] > 0
+    r = CliRunner().invoke(app, ["plan", "smollm2-135m", "--device", "galaxy-a54", "--draft", "none"])
+    assert r.exit_code == 0, r.output
+    assert "chosen   " in r.stdout and "memory breakdown of" in r.stdout and "rejected (one example" in r.stdout
+    assert "runtime.process" in r.stdout and "generation (total - weights)" in r.stdout
