@@ -146,10 +146,8 @@ def test_bad_inputs_are_user_errors():
         plan("smollm2-135m", "raspberry-pi-5-8gb", presets=["w5"])
 
 
-def test_real_checkpoint_path_and_gpu_device():
-    from edgekit.models.load import default_model_path
-
-    res = plan(str(default_model_path()), "nvidia-t4", draft="none")
+def test_real_checkpoint_path_and_gpu_device(stories_dir):
+    res = plan(str(stories_dir), "nvidia-t4", draft="none")
     assert res.shape.dim == 64 and res.shape.n_layers == 5 and res.shape.vocab_size == 512
     assert res.chosen.fits and res.context == 512  # stories260K's max_seq_len
     big = plan("llama-2-7b", "titan-rtx", backend="cuda", draft="none", context=4096)
@@ -211,12 +209,10 @@ def test_roofline_decode_is_bandwidth_over_bytes():
     assert v.seconds < 1.05 * s.seconds
 
 
-def test_ttft_objective_draft_model_and_text_output():
-    from edgekit.models.load import default_model_path
-
+def test_ttft_objective_draft_model_and_text_output(stories_dir):
     res = plan("qwen2.5-0.5b", "jetson-orin-nx-16gb", objective="ttft", draft="none")
     assert res.chosen.ttft_s <= min(c.ttft_s for c in res.ranked) / 0.96
-    stories = str(default_model_path())
+    stories = str(stories_dir)
     dm = plan(stories, "aws-graviton3", draft=stories, draft_length=2, presets=["fp32"])
     assert {c.draft.kind for c in dm.ranked} == {"model"}
     assert "kv_cache.draft" in dm.chosen.memory.terms and dm.chosen.memory.terms["weights.draft"] > 0
