@@ -423,3 +423,18 @@ def test_kernel_neon_under_qemu(tmp_path):
                     "-o", str(exe)], check=True, capture_output=True, timeout=300)
     p = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "impl=3" in p.stdout and "0 failed" in p.stdout, p.stdout + p.stderr
+
+
+def test_non_edgekit_program_is_one_line_error(runner, tmp_path):
+    """A valid ExecuTorch program without the edgekit constant methods is refused clearly."""
+    from executorch.exir import to_edge
+
+    class Add(torch.nn.Module):
+        def forward(self, a):
+            return a + 1
+
+    pte = tmp_path / "plain.pte"
+    pte.write_bytes(to_edge(torch.export.export(Add(), (torch.ones(2),))).to_executorch().buffer)
+    p = _raw(runner, "--model", str(pte), "--prompt-ids", "1")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 4 and len(lines) == 1 and "is not an edgekit program" in lines[0], p.stderr
