@@ -438,3 +438,23 @@ def test_non_edgekit_program_is_one_line_error(runner, tmp_path):
     p = _raw(runner, "--model", str(pte), "--prompt-ids", "1")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 4 and len(lines) == 1 and "is not an edgekit program" in lines[0], p.stderr
+
+
+def test_build_errors_are_clear(tmp_path, monkeypatch):
+    """No cmake -> NativeBuildError naming it; a failing compiler -> the build log's last lines."""
+    import shutil
+
+    import edgekit.runtime.native as native
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    real_which = shutil.which
+    monkeypatch.setattr(native.shutil, "which", lambda name: None if name == "cmake" else real_which(name))
+    with pytest.raises(native.NativeBuildError, match="cmake not found") as e:
+        native.build_runner_info(force=True)
+    assert "install CMake" in e.value.hint
+    monkeypatch.setattr(native.shutil, "which", real_which)
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    with pytest.raises(native.NativeBuildError, match="configure failed") as e:
+        native.build_runner_info(force=True)
+    assert "failed.log" in e.value.hint and len(e.value.one_line().splitlines()) == 1
+    assert not any(p.name.endswith("tmp") or ".tmp-" in p.name for p in (tmp_path / "cache" / "native").iterdir())
