@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     build_runner_info()
     results = {"bits": a.bits, "group": a.group, "machine": platform.processor() or platform.machine(),
+               "load_avg_before": __import__("os").getloadavg(),  # others' work makes timings noisy
                "protocol": f"M=1 GEMV, 1 warm-up, {a.reps} reps x {a.iters} calls, median/min/max", "runs": []}
     for th in a.threads:
         per = {}
