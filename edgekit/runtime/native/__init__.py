@@ -152,6 +152,16 @@ def _tail(path: Path, n: int = 15) -> str:
     return " / ".join(line.strip() for line in lines[-n:] if line.strip())
 
 
+def _clean_stale(root: Path, max_age_s: float = 3600.0) -> None:
+    """Remove build directories left by killed builds (older than an hour, so never one that
+    another process is still writing)."""
+    now = time.time()
+    for p in root.glob("*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def _result(dest: Path, key: str, built: bool, seconds: float) -> RunnerBuild:
     build = dest / "build"
     k = build / "kernels" / KERNELS_LIB_NAME
@@ -182,6 +192,7 @@ def build_runner_info(force: bool = False) -> RunnerBuild:
     with _locked(root / f"{key}.lock"):
         if exe.exists() and not force:  # built by another process while we waited
             return _result(dest, key, False, 0.0)
+        _clean_stale(root)
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
         log_path = tmp / "build.log"
