@@ -145,12 +145,67 @@ def _run_block(block: nn.Module, hs: list[torch.Tensor], rope: tuple) -> list[to
     return out
 
 
-def _block_stage(block: nn.Module, float_block: nn.Module, hs: list[torch.Tensor], rope: tuple,
+class _Stop(Exception):
+    pass
+
+
+def _hessian(xs: list[torch.Tensor]) -> torch.Tensor:
+    hook = _HessianHook(xs[0].shape[-1])
+    for x in xs:
+        hook(None, (x,))
+    return hook.H
+
+
+def _quantize_block(block: nn.Module, li: int, hs: list[torch.Tensor], rope: tuple, wanted: set[str],
+                    replace: Callable[[str, torch.Tensor], None]) -> list[torch.Tensor]:
+    """Quantize one transformer block's linears in the order of the computation, each from the
+    inputs produced by the already-quantized parts, and return the block's (quantized) outputs.
+
+    Follows ``edgekit.models.llama.Block``: h = x + wo(attn(norm1 x)); out = h + w2(silu(w1 n) * w3 n)
+    with n = norm2 h. Attention runs once (up to wo's input, captured by a hook).
+    """
+    cos, sin, pos, mask = rope
+    att, ff = block.attention, block.feed_forward
+
+    def maybe(names: list[str], xs: list[torch.Tensor]) -> None:
+        todo = [n for n in names if f"layers.{li}.{n}" in wanted]
+        if todo:
+            H = _hessian(xs)
+            for n in todo:
+                replace(f"layers.{li}.{n}", H)
+
+    maybe(STAGES[0], [block.attention_norm(x) for x in hs])
+    wo_in: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        wo_in.append(args[0].detach())
+        raise _Stop
+
+    handle = att.wo.register_forward_pre_hook(grab)
+    try:
+        for x in hs:
+            with _batch_cache(block, x.shape[0], x.shape[1]):
+                try:
+                    att(block.attention_norm(x), cos, sin, pos, mask)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    maybe(STAGES[1], wo_in)
+    mids = [x + att.wo(a) for x, a in zip(hs, wo_in)]
+    del wo_in
+    ff_in = [block.ffn_norm(h) for h in mids]
+    maybe(STAGES[2], ff_in)
+    acts = [F.silu(ff.w1(n)) * ff.w3(n) for n in ff_in]
+    maybe(STAGES[3], acts)
+    return [h + ff.w2(a) for h, a in zip(mids, acts)]
+
+
+def _block_stage(block: nn.Module, hs: list[torch.Tensor], targets: list[torch.Tensor], rope: tuple,
                  steps: int, lr: float, seed: int) -> tuple[float, float]:
-    """Tune scale/zero (+ norm gains) of a quantized block to match ``float_block`` on ``hs``.
+    """Tune scale/zero (+ norm gains) of a quantized block so that block(hs) matches ``targets``.
     Returns (mse before, mse after); the block is left unchanged if the error did not drop."""
     with torch.no_grad():
-        targets = _run_block(float_block, hs, rope)
 
         def mse() -> float:
             outs = _run_block(block, hs, rope)
@@ -254,27 +309,24 @@ def quantize_(model: nn.Module, config: QuantConfig, calib: torch.Tensor | None 
     rope = (model.rope_cos[:L], model.rope_sin[:L], pos, causal)
     hs = [model.tok_embeddings(calib[i:i + batch_size]).float() for i in range(0, calib.shape[0], batch_size)]
     wanted = set(names)
+    hs_float = hs
     for li, block in enumerate(model.layers):
-        float_block = copy.deepcopy(block) if config.block_steps > 0 and config.method == "decoupleq" else None
-        for stage in STAGES:
-            todo = [n for n in stage if f"layers.{li}.{n}" in wanted]
-            if not todo:
-                continue
-            first = _get(block, todo[0])
-            hook = _HessianHook(first.in_features)
-            handle = first.register_forward_pre_hook(hook)
-            try:
-                _run_block(block, hs, rope)
-            finally:
-                handle.remove()
-            for n in todo:
-                replace(f"layers.{li}.{n}", hook.H)
-        if float_block is not None:
-            before, after = _block_stage(block, float_block, hs, rope, config.block_steps, config.block_lr,
+        stage = config.block_steps > 0 and config.method == "decoupleq"
+        if stage:
+            float_block = copy.deepcopy(block)
+            # Targets: the float block on the float model's own activations (so a block can also
+            # make up for error accumulated before it), or on the quantized pipeline's inputs.
+            targets = _run_block(float_block, hs_float if config.block_target == "float" else hs, rope)
+            hs_float = targets
+            del float_block
+        hs_in = hs
+        hs = _quantize_block(block, li, hs, rope, wanted, replace)
+        if stage:
+            before, after = _block_stage(block, hs_in, targets, rope, config.block_steps, config.block_lr,
                                          config.seed + li)
             if log:
                 log(f"layer {li}: block stage mse {before:.3e} -> {after:.3e}")
-        hs = _run_block(block, hs, rope)
+            hs = _run_block(block, hs_in, rope)
     if "output" in wanted:
         hook = _HessianHook(model.output.in_features)
         for h in hs:

@@ -31,7 +31,8 @@ class QuantConfig:
     untied and stored packed. embedding_group_size / head_group_size default to group_size.
     damp: Hessian damping as a fraction of mean(diag H). rounds: decoupleQ alternation rounds.
     block_steps / block_lr: decoupleQ block stage (Adam steps on scale/zero/norm gains per
-    transformer block; 0 = off). calib_*: calibration windows; seed makes the run deterministic.
+    transformer block; 0 = off); block_target "float" matches the float model's activations,
+    "quant" the float block applied to the quantized pipeline's inputs. calib_*: calibration windows; seed makes the run deterministic.
     skip: module names (e.g. ``layers.0.attention.wq``) kept in float.
     """
 
@@ -47,7 +48,8 @@ class QuantConfig:
     block_size: int = 128
     rounds: int = 4
     block_steps: int = 0
-    block_lr: float = 1e-3
+    block_lr: float = 3e-3
+    block_target: str = "quant"
     grid: int = 40
     calib_samples: int = 64
     calib_seq_len: int = 256
@@ -65,6 +67,8 @@ class QuantConfig:
                 raise UserError(f"{name}={b} is not supported", f"use one of {SUPPORTED_BITS}")
         if self.method not in METHODS:
             raise UserError(f"unknown quantization method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.block_target not in ("float", "quant"):
+            raise UserError(f"unknown block_target {self.block_target!r}", "use float or quant")
         if self.version != CONFIG_VERSION:
             raise UserError(f"quantization config version {self.version} is not supported",
                             f"this edgekit reads version {CONFIG_VERSION}; re-quantize the model")
