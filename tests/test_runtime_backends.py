@@ -93,30 +93,45 @@ def test_run_cli_backends_agree(stories_dir):
     assert p.returncode == 0 and p.stdout.startswith("Once upon a time, there was")
 
 
-def test_run_cli_sampling_is_seeded(stories_dir):
-    pkg = stories_package(stories_dir)
-    args = ("run", str(pkg), "-n", "16", "--temperature", "0.9", "--top-p", "0.9", "--json")
-    a = json.loads(run_cli(*args, "--seed", "3").stdout)["tokens"]
-    b = json.loads(run_cli(*args, "--seed", "3").stdout)["tokens"]
+def test_sampling_is_seeded(pkg):
+    from edgekit.runtime.engine import SamplingConfig
+    from edgekit.runtime.run import generate_from_package
+
+    def go(seed):
+        return generate_from_package(pkg, "Once upon a time", "executorch", 16,
+                                     SamplingConfig(0.9, 0.9, seed))["tokens"]
+
+    a, b = go(3), go(3)
     assert a == b and len(a) > 0
 
 
-@pytest.mark.parametrize("backend", ["executorch", "onnx", "eager"])
-def test_bench_cli_json(stories_dir, backend):
+def test_bench_cli_json(stories_dir):
     pkg = stories_package(stories_dir)
-    p = run_cli("bench", str(pkg), "--backend", backend, "--prompt-len", "16", "--gen-len", "8",
-                "--reps", "2", "--threads", "1", "--json")
+    p = run_cli("bench", str(pkg), "--prompt-len", "16", "--gen-len", "8", "--reps", "2", "--threads", "1",
+                "--json")
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
-    assert r["backend"] == backend and r["reps"] == 2 and len(r["runs"]) == 2
+    assert r["backend"] == "executorch" and len(r["runs"]) == 2 and r["threads"] == 1
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx", "eager"])
+def test_bench_protocol(pkg, backend):
+    from edgekit.runtime.bench import bench_package
+
+    r = bench_package(pkg, backend=backend, prompt_len=16, gen_len=8, reps=3)
+    assert r["backend"] == backend and r["reps"] == 3 and len(r["runs"]) == 3
     for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s", "gb_s"):
         assert r[k]["min"] <= r[k]["median"] <= r[k]["max"] and r[k]["min"] > 0
-    m = json.loads((pkg / "manifest.json").read_text())
     if backend != "eager":
-        assert r["weight_bytes"] == m["programs"][backend]["size"]
+        assert r["weight_bytes"] == pkg.manifest["programs"][backend]["size"]
+    else:
+        assert r["weight_bytes"] == 4 * 260_032  # fp32 parameters, the tied head counted once
     assert r["peak_rss_mib"] > 10
 
 
-def test_bench_rejects_too_long(stories_dir):
-    p = run_cli("bench", str(stories_package(stories_dir)), "--prompt-len", "100", "--gen-len", "100")
-    assert p.returncode == 2 and "max_seq_len" in p.stderr
+def test_bench_rejects_too_long(pkg):
+    from edgekit.errors import UserError
+    from edgekit.runtime.bench import bench_package
+
+    with pytest.raises(UserError, match="max_seq_len"):
+        bench_package(pkg, prompt_len=100, gen_len=100, reps=1)

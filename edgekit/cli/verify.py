@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -41,7 +42,9 @@ def verify(
         out.print(t)
         out.print("[green]all checks passed[/]" if rep["ok"] else "[red]verification failed[/]")
     if not rep["ok"]:
-        raise typer.Exit(1)
+        # sys.exit, not typer.Exit: click returns Exit codes from app(standalone_mode=False)
+        # and main() does not pass that return value on.
+        sys.exit(1)
 
 
 def register(app: typer.Typer) -> None:
