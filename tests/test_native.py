@@ -189,8 +189,16 @@ def test_corrupt_pte_is_one_line_error(runner, tiny_pte, tmp_path):
 def test_abi_mismatch_is_one_line_error(runner, tmp_path):
     from edgekit.runtime.native import generate_native
 
-    m = tiny_model(seed=3)
-    pte = export_pte(m, tmp_path / "model.pte", max_chunk=4, abi=99)
+    from executorch.exir import to_edge
+
+    class Add(torch.nn.Module):  # the ABI is checked before forward is even loaded
+        def forward(self, a):
+            return a + 1
+
+    pte = tmp_path / "model.pte"
+    consts = {"get_edgekit_abi": 99, "get_max_seq_len": 64, "get_max_chunk": 4}
+    pte.write_bytes(to_edge(torch.export.export(Add(), (torch.ones(2),)), constant_methods=consts)
+                    .to_executorch().buffer)
     p = _raw(runner, "--model", str(pte), "--prompt-ids", "1,2")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 5 and p.stdout == "" and len(lines) == 1, p.stderr
