@@ -122,6 +122,20 @@ def golden(model: torch.nn.Module, tokenizer, prompt: str = GOLDEN_PROMPT,
             "logits_l2": float(logits.norm()), "greedy_ids": greedy}
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights one decode step reads: unique parameters and weight-like buffers
+    (packed quantized weights, scales), tied tensors once; not the KV cache or RoPE tables."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[id(p)] = p.numel() * p.element_size()
+    for name, b in model.named_buffers():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("k_cache", "v_cache", "rope_cos", "rope_sin", "slots"):
+            continue
+        seen[id(b)] = b.numel() * b.element_size()
+    return sum(seen.values())
+
+
 def _load(model, max_seq_len: int | None):
     from edgekit.models.load import LoadedModel, build_model, load_model
 
@@ -211,6 +225,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
                                "stop_ids": list(args.eos_ids)},
                 "max_seq_len": args.max_seq_len,
                 "max_chunk": max_chunk,
+                "weight_bytes": weight_bytes(model),
                 "abi": EDGEKIT_ABI,
                 "quantization": qconf,
                 "programs": programs,

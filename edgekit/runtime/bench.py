@@ -129,6 +129,7 @@ def bench_package(package, backend: str = "executorch", prompt_len: int = 64, ge
             raise UserError("--native benches the ExecuTorch program", "drop --backend or use executorch")
         res = bench_native_pte(pkg.program_path("executorch"), prompt_len, gen_len, reps,
                                pkg.args.vocab_size, threads, pkg.weight_bytes("executorch"))
+        res["file_bytes"] = int(m["programs"]["executorch"]["size"])
     elif backend == "eager":
         from edgekit.models.load import load_model
         from edgekit.runtime.engine import EagerBackend
@@ -140,6 +141,7 @@ def bench_package(package, backend: str = "executorch", prompt_len: int = 64, ge
     else:
         be = pkg.backend(backend, threads=threads)
         res = bench_backend(be, prompt_len, gen_len, reps, pkg.weight_bytes(be.name))
+        res["file_bytes"] = int(m["programs"][be.name]["size"])
     res["package"] = str(pkg.dir)
     res["threads"] = threads or torch.get_num_threads()
     return res

@@ -38,9 +38,13 @@ class Package:
                             f"re-export with --format {kind} or --format both")
         return self.dir / self.manifest["programs"][kind]["file"]
 
-    def weight_bytes(self, kind: str) -> int:
-        """Bytes of the program's file(s): what one decode step streams from memory, roughly."""
-        return int(self.manifest["programs"][kind]["size"])
+    def weight_bytes(self, kind: str | None = None) -> int:
+        """Weight bytes one decode step reads (manifest ``weight_bytes``: unique parameters, a tied
+        embedding once). Older manifests fall back to the program's file size, which counts a tied
+        embedding twice (the .pte keeps the lookup table and the packed head separately)."""
+        if "weight_bytes" in self.manifest:
+            return int(self.manifest["weight_bytes"])
+        return int(self.manifest["programs"][kind or self.kinds[0]]["size"])
 
     def backend(self, kind: str | None = None, threads: int | None = None):
         """A fresh backend (with its own KV cache) over the ``kind`` program (default: first)."""
