@@ -348,3 +348,55 @@ def model_quant_summary(model: nn.Module) -> dict:
             seen.add(id(p))
             float_bytes += p.numel() * p.element_size()
     return {"packed_modules": n_packed, "packed_bytes": packed_bytes, "float_bytes": float_bytes}
+
+
+@torch.no_grad()
+def quantize_linears_(model: nn.Module, stages: list[list[str]], config: QuantConfig,
+                      calib: list | None = None, run: Callable[[object], None] | None = None, *,
+                      advance: Callable[[int], None] | None = None) -> nn.Module:
+    """Quantize named ``nn.Linear`` modules of *any* model in place (e.g. a BERT encoder).
+
+    ``stages`` lists module names in computation order, grouped so that each group's inputs
+    depend only on earlier groups; ``run(batch)`` runs the model on one item of ``calib``.
+    For each stage every calibration batch runs (stopping after the stage's last module) with
+    Hessian hooks on the stage's modules, which are then solved with ``config.method`` and
+    replaced by ``PackedLinearW{bits}``, so later stages see the quantized earlier ones. Without
+    ``calib`` every module is rounded to nearest.
+
+    Example::
+
+        stages = [[f"encoder.layer.{i}.attention.self.{p}" for p in ("query", "key", "value")], ...]
+        quantize_linears_(bert, stages, preset_config("w4g32", method="gptq"), batches, lambda b: bert(**b))
+
+    Raises UserError if the method needs calibration and none is given.
+    """
+    if config.needs_calibration and (calib is None or run is None):
+        raise UserError(f"method {config.method!r} needs calibration data", "pass calib and run")
+    kw = dict(damp=config.damp, act_order=config.act_order, block_size=config.block_size,
+              rounds=config.rounds, grid=config.grid)
+
+    def stop(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        raise _Stop
+
+    for stage in stages:
+        hooks = {n: _HessianHook(_get(model, n).in_features) for n in stage}
+        if calib is not None and run is not None:
+            handles = [_get(model, n).register_forward_pre_hook(hooks[n]) for n in stage]
+            handles.append(_get(model, stage[-1]).register_forward_hook(stop))
+            try:
+                for batch in calib:
+                    try:
+                        run(batch)
+                    except _Stop:
+                        pass
+            finally:
+                for h in handles:
+                    h.remove()
+        for n in stage:
+            lin = _get(model, n)
+            H = hooks[n].H if hooks[n].n else None
+            method = config.method if H is not None else "rtn"
+            _set(model, n, PACKED_LINEAR[config.bits].from_float(lin, config.group_size, H, method, **kw))
+            if advance:
+                advance(1)
+    return model

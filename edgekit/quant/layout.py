@@ -5,7 +5,8 @@ Weights and groups
 ------------------
 A linear weight ``W`` is ``[N out, K in]`` (torch's ``nn.Linear.weight`` layout). Each row is
 split along ``k`` into ``G = ceil(K / g)`` groups of ``g`` consecutive columns (``g = group_size``;
-``group_size=None`` means per channel: one group spanning the row, ``g = K``, ``G = 1``)::
+``group_size=None`` means per channel: one group spanning the row, ``g = K``, ``G = 1``; a
+``group_size >= K`` is the same as per channel, i.e. the effective group is ``g = min(group_size, K)``)::
 
     W_hat[n, k] = scale[n, k // g] * u[n, k] + zero[n, k // g]
 
@@ -80,7 +81,9 @@ class Layout:
 
     def group(self, K: int) -> int:
         """Columns per group for a row of ``K`` weights."""
-        return K if self.group_size is None or self.group_size <= 0 else self.group_size
+        if self.group_size is None or self.group_size <= 0 or self.group_size >= K:
+            return K  # a group never exceeds the row
+        return self.group_size
 
     def n_groups(self, K: int) -> int:
         return -(-K // self.group(K))
