@@ -173,3 +173,31 @@ def test_hf_checkpoint_with_untied_head_roundtrip(hf_qwen2, tmp_path):
     assert lm2.model.layers[0].attention.wq.bias is not None
     assert torch.equal(logits(lm2.model), ref)
     assert lm2.tokenizer.encode("the quick fox") == lm.tokenizer.encode("the quick fox")
+
+
+def test_quantize_linears_generic_model_staged():
+    from edgekit.quant import quantize_linears_
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).eval()
+    batches = [torch.randn(32, 48) @ torch.randn(48, 48) for _ in range(4)]
+    ref = torch.cat([net(b) for b in batches]).detach()
+    quantize_linears_(net, [["0"], ["2"]], preset_config("w4g32", method="gptq"), batches, lambda b: net(b))
+    assert isinstance(net[0], PackedLinearW4) and isinstance(net[2], PackedLinearW4)
+    out = torch.cat([net(b) for b in batches])
+    assert float((out - ref).norm() / ref.norm()) < 0.1
+    with pytest.raises(UserError):
+        quantize_linears_(torch.nn.Sequential(torch.nn.Linear(8, 8)), [["0"]], preset_config("w4g32", method="gptq"))
+
+
+def test_calibration_windows_are_deterministic(stories_dir, tinystories_text):
+    from edgekit.models.load import load_model
+    from edgekit.quant import calibration_tokens
+
+    tok = load_model(stories_dir).tokenizer
+    a = calibration_tokens(tok, tinystories_text[:30000], 6, 32, seed=3)
+    b = calibration_tokens(tok, tinystories_text[:30000], 6, 32, seed=3)
+    c = calibration_tokens(tok, tinystories_text[:30000], 6, 32, seed=4)
+    assert a.shape == (6, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(UserError):
+        calibration_tokens(tok, "tiny", 2, 64)
