@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--layers", type=int, help="override n_layers (smoke test; results not comparable)")
     ap.add_argument("--keep", help="keep the exported package in this directory")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: bench the package already there (same seed = same weights)")
+    ap.add_argument("--export-only", action="store_true", help="export (to --keep) and stop")
     a = ap.parse_args()
 
     from edgekit.export.builder import export_package
@@ -95,9 +98,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgekit-smollm2-"))
     pkg_dir = Path(a.keep) if a.keep else work / "pkg"
     t0 = time.perf_counter()
-    man = export_package(lm, pkg_dir, formats="both", max_seq_len=a.max_seq_len, max_chunk=32, force=True,
-                         log=lambda s: print(s, file=sys.stderr))
-    export_s = time.perf_counter() - t0
+    if a.reuse and (pkg_dir / "manifest.json").exists():
+        man = json.loads((pkg_dir / "manifest.json").read_text())
+        export_s = sum(man["build"]["stage_seconds"].values())
+    else:
+        man = export_package(lm, pkg_dir, formats="both", max_seq_len=a.max_seq_len, max_chunk=32, force=True,
+                             log=lambda s: print(s, file=sys.stderr))
+        export_s = time.perf_counter() - t0
+    if a.export_only:
+        return
     pkg = load_package(pkg_dir)
     kw = dict(prompt_len=a.prompt_len, gen_len=a.gen_len, reps=a.reps)
     results = {}
