@@ -61,11 +61,11 @@ def run_setting(model: str, setting: str, budget_mb: float | None, k_exit: int, 
     torch.set_num_threads(2)
     lm = _load(model)
     if setting == "target":
-        s = ChatSession(lm, draft="none")
+        s = ChatSession(lm=lm, draft="none")
     elif setting == "naive":
-        s = ChatSession(lm, draft=f"early-exit:{k_exit}", spec=SpecConfig(tree=(10, 64), full_logits=True))
+        s = ChatSession(lm=lm, draft=f"early-exit:{k_exit}", spec=SpecConfig(tree=(10, 64), full_logits=True))
     else:
-        s = ChatSession(lm, budget_mb=budget_mb, draft=f"early-exit:{k_exit}")
+        s = ChatSession(lm=lm, budget_mb=budget_mb, draft=f"early-exit:{k_exit}")
     proc = psutil.Process()
     base = proc.memory_info().rss
     peak = [base]

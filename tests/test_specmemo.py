@@ -32,7 +32,7 @@ def test_chat_under_budget_matches_plain_greedy(stories_dir, draft, spec):
     want = _plain_chat(load_model(stories_dir), turns, 40)
     lm = load_model(stories_dir)
     w = model_weight_bytes(lm.model)
-    s = ChatSession(lm, budget_mb=(w + 2 * MIB) / MIB, draft=draft, spec=spec)
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft=draft, spec=spec)
     got = [s.turn(t, 40).tokens for t in turns]
     assert got == want
     rows = [t.kv_rows for t in s.turns]
@@ -46,10 +46,10 @@ def test_chat_under_budget_matches_plain_greedy(stories_dir, draft, spec):
 def test_budget_too_small_for_plain_decoding_names_the_minimum(stories_dir):
     lm = load_model(stories_dir)
     with pytest.raises(BudgetError) as e:
-        ChatSession(lm, budget_mb=0.5, draft="early-exit:2")
+        ChatSession(lm=lm, budget_mb=0.5, draft="early-exit:2")
     assert "--budget-mb" in e.value.hint
     need = int(e.value.hint.split("--budget-mb ")[1].split()[0])
-    ChatSession(load_model(stories_dir), budget_mb=need, draft="none")  # the named minimum works
+    ChatSession(lm=load_model(stories_dir), budget_mb=need, draft="none")  # the named minimum works
 
 
 def test_choice_is_smallest_within_96_percent(stories_dir):
@@ -73,3 +73,27 @@ def test_choice_is_smallest_within_96_percent(stories_dir):
                                draft_kind="early-exit", exit_layer=4)
     c2 = tight.choose(256)
     assert c2 is not None and tight.total(256 + c2.tokens_per_step, c2) <= tight.budget
+
+
+def test_chat_cli_matches_generate_and_reports_memory(stories_dir):
+    import json
+
+    from conftest import run_cli
+
+    g = run_cli("generate", str(stories_dir), "-n", "40", "--json")
+    c = run_cli("chat", str(stories_dir), "--turn", "Once upon a time", "--turn", " The next day",
+                "--draft", "self-quant:w8", "--budget-mb", "4", "-n", "40", "--json")
+    assert g.returncode == 0 and c.returncode == 0, c.stderr
+    gj, cj = json.loads(g.stdout), json.loads(c.stdout)
+    assert cj["turns"][0]["tokens"] == gj["tokens"]
+    assert cj["turns"][0]["tau"] > 1.5  # a w8 self-draft agrees with the target most of the time
+    assert cj["memory"]["kv_rows"] < 512 and "kv_cache" in cj["memory"]["memory"]
+
+
+def test_chat_cli_budget_below_plain_decoding_exits_2(stories_dir):
+    from conftest import run_cli
+
+    r = run_cli("chat", str(stories_dir), "--turn", "hi", "--draft", "early-exit:2", "--budget-mb", "0.5")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error:") and "--budget-mb" in line and "Traceback" not in r.stderr

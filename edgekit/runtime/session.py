@@ -2,7 +2,7 @@
 
 Example::
 
-    s = ChatSession(lm, budget_mb=8, draft="early-exit:4")
+    s = ChatSession(lm=lm, budget_mb=8, draft="early-exit:4")
     r = s.turn("Once upon a time", max_new_tokens=64)
     r2 = s.turn(" The next day", max_new_tokens=64)   # KV of turn 1 reused
     s.report()["memory"]                                # per-term bytes
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgekit.errors import UserError
+from edgekit.errors import BudgetError, UserError
 from edgekit.models.load import LoadedModel
 from edgekit.runtime.engine import EagerBackend, Engine, GenerationResult, SamplingConfig
-from edgekit.runtime.memory import MIB, SpecMemo
+from edgekit.runtime.memory import CHAINS, MIB, SpecMemo, model_weight_bytes
 from edgekit.runtime.spec import EarlyExitBackend, ModelDrafter, SpecConfig, SpecDecoder
 
 
@@ -40,6 +40,26 @@ def parse_draft(spec: str, n_layers: int) -> tuple[str, int]:
     return "model", 0
 
 
+def quantized_copy(model, bits: int):
+    """A round-to-nearest w4 (g32) or w8 copy of ``model`` with its own KV cache: the quantized
+    self-draft. Costs the packed weights (the float embedding is shared)."""
+    import copy
+
+    from edgekit.quant.api import quantize_
+    from edgekit.quant.config import preset_config
+
+    emb = model.tok_embeddings
+    model.tok_embeddings = None  # share, don't copy, the float embedding
+    try:
+        dm = copy.deepcopy(model)
+    finally:
+        model.tok_embeddings = emb
+    dm.tok_embeddings = emb
+    if model.args.tie_embeddings:
+        dm.output.weight = emb.weight
+    return quantize_(dm, preset_config("w4g32" if bits == 4 else "w8", method="rtn")).eval()
+
+
 @dataclass
 class TurnRecord:
     prompt_tokens: int
@@ -52,73 +72,127 @@ class TurnRecord:
 
 @dataclass
 class ChatSession:
-    """Eager target + optional drafter under ``budget_mb`` (None: unconstrained, full KV)."""
+    """A target + optional drafter under ``budget_mb`` (None: unconstrained).
 
-    lm: LoadedModel
+    ``lm``: a loaded checkpoint (eager target; the KV cache grows per turn as SpecMemo sizes it)
+    or ``package``: an exported package (ExecuTorch / onnxruntime target; its KV size was fixed
+    at export, so the budget is checked against it). Package targets draft with a separate
+    draft package (``draft`` = its path; a w4/w8 package of the same model is the quantized
+    self-draft) and verify chains; early-exit and tree drafting need the eager target for now.
+    """
+
+    lm: LoadedModel | None = None
     budget_mb: float | None = None
     draft: str = "none"
     spec: SpecConfig | None = None  # fixed setting; None lets SpecMemo choose per turn
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     draft_model: LoadedModel | None = None
     grow_chunk: int = 64
+    package: object | None = None
+    backend: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
-        m = self.lm.model
-        kind, arg = parse_draft(self.draft, m.args.n_layers)
+        if (self.lm is None) == (self.package is None):
+            raise ValueError("give exactly one of lm= or package=")
+        self.resizable = self.lm is not None
+        if self.resizable:
+            m = self.lm.model
+            args, tok = self.lm.args, self.lm.tokenizer
+            self.engine = Engine(EagerBackend(m), tok)
+        else:
+            pkg = self.package
+            args, tok = pkg.args, pkg.tokenizer
+            self.engine = pkg.engine(self.backend, threads=self.threads)
+        self.args, self.tokenizer = args, tok
+        kind, arg = parse_draft(self.draft, args.n_layers)
         self.kind = kind
-        self.engine = Engine(EagerBackend(m), self.lm.tokenizer)
         self.drafter = None
         extra = 0
+        if not self.resizable and kind in ("early-exit", "self-quant"):
+            raise UserError(f"--draft {self.draft} needs the eager target",
+                            "pass the checkpoint instead of the package, or a draft package path")
+        if not self.resizable and self.spec is not None and self.spec.tree is not None:
+            raise UserError("tree verification runs on the eager target only for now",
+                            "drop --tree (chains work on packages) or pass the checkpoint")
         if kind == "early-exit":
-            self.drafter = ModelDrafter(EarlyExitBackend(m, arg), shared_with=self.engine)
+            self.drafter = ModelDrafter(EarlyExitBackend(self.lm.model, arg), shared_with=self.engine)
         elif kind == "self-quant":
-            from edgekit.quant.api import quantized_copy  # a w4/w8 copy of the target
-
-            dm = quantized_copy(m, bits=arg)
-            self.draft_model_obj = dm
-            self.drafter = ModelDrafter(EagerBackend(dm))
+            self.drafter = ModelDrafter(EagerBackend(quantized_copy(self.lm.model, bits=arg)))
         elif kind == "model":
-            if self.draft_model is None:
-                from edgekit.models.load import load_model
-
-                self.draft_model = load_model(self.draft, max_seq_len=m.args.max_seq_len)
-            if self.draft_model.args.vocab_size != m.args.vocab_size:
-                raise UserError("the draft model's vocabulary differs from the target's",
+            self.drafter = ModelDrafter(self._load_draft(self.draft))
+        if self.drafter is not None:
+            if getattr(self.drafter.backend, "vocab_size", args.vocab_size) != args.vocab_size:
+                raise UserError("the draft's vocabulary differs from the target's",
                                 "use a draft that shares the target's tokenizer")
-            self.drafter = ModelDrafter(EagerBackend(self.draft_model.model))
-        if self.drafter is not None and kind != "early-exit":
-            from edgekit.runtime.memory import model_weight_bytes
-
-            extra = model_weight_bytes(self.drafter.backend.model)
+            if kind != "early-exit":
+                extra = self._backend_weight_bytes(self.drafter.backend)
         budget = int(self.budget_mb * MIB) if self.budget_mb else None
-        self.memo = SpecMemo.for_model(m, budget or (1 << 62), draft_kind=kind, exit_layer=arg,
-                                       draft_weight_bytes=extra, grow_chunk=self.grow_chunk)
+        weights = model_weight_bytes(self.lm.model) if self.resizable else self.package.weight_bytes()
+        self.memo = SpecMemo(args, budget or (1 << 62), weight_bytes=weights, draft_kind=kind,
+                             exit_layer=arg, draft_weight_bytes=extra, grow_chunk=self.grow_chunk)
         self.managed = budget is not None
         self.memo.check_plain(prompt=1, max_new=1)  # before any allocation
+        if not self.resizable:
+            self.memo.rows = args.max_seq_len
+            if self.managed:  # the exported cache is static: it must fit as it is
+                spec = self.spec or (SpecConfig(k=1) if self.drafter else None)
+                need = self.memo.total(args.max_seq_len, spec)
+                if need > budget:
+                    raise BudgetError(f"package {self.package.dir} holds a {args.max_seq_len}-row KV cache; "
+                                      f"with weights it needs {need / MIB:.1f} MiB > budget {self.budget_mb} MiB",
+                                      f"use --budget-mb {-(-need // MIB)} or re-export with a smaller --max-seq-len")
         self.history: list[int] = []  # tokens in the target cache
         self.pending: list[int] = []  # generated but not yet fed (the last token of a turn)
         self.turns: list[TurnRecord] = []
-        if self.managed:
-            self._resize(0)
-        else:
-            self.memo.rows = m.args.max_seq_len
+        if self.resizable:
+            if self.managed:
+                self._resize(0)
+            else:
+                self.memo.rows = args.max_seq_len
+
+    def _load_draft(self, path: str):
+        from pathlib import Path
+
+        p = Path(path)
+        if (p / "manifest.json").exists():
+            from edgekit.runtime.package import load_package
+
+            return load_package(p).backend(self.backend, threads=self.threads)
+        if self.draft_model is None:
+            from edgekit.models.load import load_model
+
+            self.draft_model = load_model(p, max_seq_len=self.args.max_seq_len)
+        return EagerBackend(self.draft_model.model)
+
+    @staticmethod
+    def _backend_weight_bytes(be) -> int:
+        if hasattr(be, "model"):
+            return model_weight_bytes(be.model)
+        return int(getattr(be, "path").stat().st_size) if hasattr(be, "path") else 0
 
     def _resize(self, rows: int) -> None:
         rows = max(rows, 1)
         self.lm.model.resize_cache(rows)
-        if self.drafter is not None and self.kind != "early-exit":
-            self.drafter.backend.model.resize_cache(rows)
+        be = getattr(self.drafter, "backend", None)
+        if be is not None and self.kind != "early-exit" and hasattr(be, "model"):
+            be.model.resize_cache(rows)
+
+    @property
+    def kv_rows(self) -> int:
+        return self.lm.model.cache_len if self.resizable else self.args.max_seq_len
 
     def turn(self, text: str, max_new_tokens: int = 64, on_token=None) -> GenerationResult:
         """Append ``text`` (after any pending token) and generate; the KV of earlier turns stays."""
         first = not self.history and not self.pending
-        ids = self.pending + self.lm.tokenizer.encode(text, bos=first)
+        ids = self.pending + self.tokenizer.encode(text, bos=first)
         self.memo.rows_used = len(self.history)
         spec = self.spec
         if self.drafter is not None and spec is None:
-            spec = self.memo.choose(len(self.history) + len(ids) + max_new_tokens)
+            opts = None if self.resizable else CHAINS
+            spec = self.memo.choose(len(self.history) + len(ids) + max_new_tokens, opts)
         self.current_spec = spec
-        if self.managed:
+        if self.resizable and self.managed:
             rows = self.memo.rows_for_turn(len(ids), max_new_tokens, spec)
             if rows != self.lm.model.cache_len:
                 self._resize(rows)
@@ -140,16 +214,15 @@ class ChatSession:
             self.engine.rollback(len(full))
         self.history, self.pending = full[: self.engine.pos], full[self.engine.pos:]
         t = res.timings.to_dict()
-        self.turns.append(TurnRecord(len(ids), len(res.tokens), label, tau, self.lm.model.cache_len,
-                                     t["decode_tok_s"]))
+        self.turns.append(TurnRecord(len(ids), len(res.tokens), label, tau, self.kv_rows, t["decode_tok_s"]))
         return res
 
     def report(self) -> dict:
         """Memory breakdown of the current allocation and per-turn numbers."""
         spec = getattr(self, "current_spec", self.spec)
-        terms = self.memo.breakdown(self.lm.model.cache_len, spec)
+        terms = self.memo.breakdown(self.kv_rows, spec)
         return {"budget_bytes": self.memo.budget if self.managed else None,
-                "kv_rows": self.lm.model.cache_len, "memory": terms,
+                "kv_rows": self.kv_rows, "memory": terms,
                 "generation_bytes": sum(v for k, v in terms.items() if k != "weights"),
                 "spec": None if spec is None else (list(spec.tree) if spec.tree else spec.k),
                 "turns": [t.__dict__ for t in self.turns]}
