@@ -558,9 +558,11 @@ def _price(shape: ModelShape, fmt: WeightFormat, tgt: Target, preset: str, head:
     act_b = DTYPE_BYTES[float_name]
     mem = _memory(shape, fmt, d, context=context, kv_b=kv_b, act_b=act_b, chunk=chunk, sampling=sampling,
                   runtime=runtime)
+    # edgekit's XNNPACK programs attend their whole static KV cache at every step.
+    static = tgt.backend == "xnnpack"
     if d.kind == "none":
         speed = decode_speed(shape, fmt, tgt, context=context, prompt=prompt, kv_bytes=kv_b,
-                             prefill_chunk=chunk, sparse=sparse)
+                             prefill_chunk=chunk, sparse=sparse, static_cache=static)
     else:
         alpha = acceptance if acceptance is not None else acceptance_prior(d, shape)
         step_s, extra_prefill = _draft_step_and_prefill(d, shape, fmt, tgt, context=context, prompt=prompt,
@@ -568,7 +570,7 @@ def _price(shape: ModelShape, fmt: WeightFormat, tgt: Target, preset: str, head:
         speed = decode_speed(shape, fmt, tgt, context=context, prompt=prompt, kv_bytes=kv_b, prefill_chunk=chunk,
                              draft_kind=d.kind, k=d.length, alpha=alpha, draft_step_s=step_s,
                              verify_tokens=d.verify_tokens, draft_calls=1 if d.kind == "medusa" else None,
-                             sparse=sparse)
+                             sparse=sparse, static_cache=static)
         speed.ttft_s += extra_prefill
     c = Candidate(backend=tgt.backend, preset=preset, lm_head=head, draft=d, context=context, fmt=fmt,
                   memory=mem, speed=speed, kv_dtype=kv_name, float_dtype=float_name, runtime=runtime,

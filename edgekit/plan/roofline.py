@@ -394,16 +394,20 @@ def decode_speed(shape: ModelShape, fmt: WeightFormat, target: Target, *, contex
                  kv_bytes: float, prefill_chunk: int, draft_kind: str = "none", k: int = 0,
                  alpha: float | None = None, draft_step_s: float | None = None,
                  verify_tokens: int | None = None, draft_calls: int | None = None,
-                 sparse: bool = True) -> SpeedEstimate:
+                 sparse: bool = True, static_cache: bool = False) -> SpeedEstimate:
     """Decode tokens/s and TTFT. Decode is timed at the middle of the generation window
     (KV length halfway between ``prompt`` and ``context``), never from an empty cache.
+
+    ``static_cache``: the program attends every one of the ``context`` allocated KV rows at each
+    step, filled or not (edgekit's ExecuTorch programs: a fixed ``(B, n_kv, S, hd)`` cache and a
+    ``(T, S)`` additive mask), so a step reads the whole cache instead of the filled part.
 
     With a draft (``draft_kind != "none"``) a step costs ``draft_calls`` (default ``k``; Medusa
     heads draft all k in one call) draft forwards of ``draft_step_s`` seconds plus one
     verification forward of ``verify_tokens`` (default ``k+1``) and yields
     ``expected_tokens(alpha, k)``.
     """
-    s_mid = (min(prompt, context) + context) // 2
+    s_mid = context if static_cache else (min(prompt, context) + context) // 2
     step = forward_time(shape, fmt, target, tokens=1, context=s_mid, kv_bytes=kv_bytes, sparse=sparse)
     ttft = prefill_time(shape, fmt, target, prompt=min(prompt, context), chunk=prefill_chunk, kv_bytes=kv_bytes)
     if draft_kind == "none":
