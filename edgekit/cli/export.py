@@ -19,6 +19,8 @@ def export(
     max_seq_len: Annotated[Optional[int], typer.Option("--max-seq-len", help="KV cache length (default: the checkpoint's).")] = None,
     max_chunk: Annotated[int, typer.Option("--max-chunk", help="Most tokens per ExecuTorch forward call (dynamic T).", min=1)] = 32,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
+    plan: Annotated[Optional[str], typer.Option("--plan", help="plan.json from `edgekit plan --out`: its max_seq_len and preset (explicit flags win).")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Weight preset applied with round-to-nearest: w2g64, w2g128, w3g64, w4g32, w4g128, w8 or fp32.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export a model to a verified package (staged: load, transform, export, lower, serialize, verify).
@@ -26,13 +28,17 @@ def export(
     Examples:
       edgekit export --out out/stories --format both --max-seq-len 256
       edgekit export ./SmolLM2-135M --out out/smollm --format executorch --max-chunk 16 --force
+      edgekit plan ../shared/models/stories260K --device raspberry-pi-5-8gb --out plan.json
+      edgekit export ../shared/models/stories260K --plan plan.json --out out/stories-pi5
     """
     from edgekit.export.builder import export_package, n_stages, parse_formats
+    from edgekit.plan.apply import export_settings
 
     fmts = parse_formats(fmt)
+    s = export_settings(plan, max_seq_len=max_seq_len, quant=quant, log=log)
     with progress("export", n_stages(fmts)) as advance:
-        m = export_package(model, out_dir, formats=fmts, max_seq_len=max_seq_len, max_chunk=max_chunk,
-                           force=force, log=log, advance=advance)
+        m = export_package(model, out_dir, formats=fmts, max_seq_len=s.max_seq_len, max_chunk=max_chunk,
+                           force=force, quant=s.quant, log=log, advance=advance)
     if json_out:
         emit_json(m)
         return
