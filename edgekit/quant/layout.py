@@ -185,7 +185,12 @@ def pack_torch(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 
 def unpack_torch(packed: torch.Tensor, K: int, layout: Layout) -> torch.Tensor:
-    """Unpack uint8 (N, row_bytes) to uint8 codes (N, K). Pure tensor ops: export-traceable."""
+    """Unpack uint8 (N, row_bytes) to uint8 codes (N, K).
+
+    Pure tensor ops that torch.export traces and the ONNX exporter converts: shifts and masks are
+    written as floor division and remainder by powers of two (exact on these non-negative ints),
+    because ONNX has no converter for ``aten.__rshift__``.
+    """
     b = layout.bits
     N = packed.shape[0]
     if b == 8:
@@ -197,12 +202,12 @@ def unpack_torch(packed: torch.Tensor, K: int, layout: Layout) -> torch.Tensor:
         if pad:
             p = torch.cat([p, torch.zeros((N, pad), dtype=torch.int32)], dim=1)
         p3 = p.view(N, -1, 3)
-        words = p3[..., 0] | (p3[..., 1] << 8) | (p3[..., 2] << 16)  # (N, W)
+        words = p3[..., 0] + p3[..., 1] * 256 + p3[..., 2] * 65536  # (N, W) 24-bit LE words
     else:
         words = p
     per = _PER_WORD[b]
-    shifts = torch.arange(per, dtype=torch.int32) * b
-    codes = (words.unsqueeze(-1) >> shifts) & layout.maxq  # (N, W, per)
+    pow2 = torch.tensor([1 << (b * i) for i in range(per)], dtype=torch.int32)
+    codes = torch.remainder(torch.div(words.unsqueeze(-1), pow2, rounding_mode="floor"), layout.maxq + 1)
     return codes.reshape(N, -1)[:, :K].to(torch.uint8)
 
 
