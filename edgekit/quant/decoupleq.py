@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from edgekit.quant.gptq import gptq
+from edgekit.quant.gptq import gptq, prepare
 from edgekit.quant.layout import Layout
 from edgekit.quant.rtn import search_params
 from edgekit.quant.solvers import QuantResult, fp16_exact, row_errors
@@ -81,15 +81,16 @@ def decoupleq(W: torch.Tensor, H: torch.Tensor, layout: Layout, *, rounds: int =
     """decoupleQ on W (N, K) against damped H (K, K); scale/zero are fp16-exact."""
     W = W.double()
     s0, z0 = search_params(W, layout, H, grid)
-    best = gptq(W, H, layout, scale=s0, zero=z0, act_order=act_order, block_size=block_size)
+    prep = prepare(H, act_order)  # one factorisation of H serves every GPTQ pass
+    best = gptq(W, H, layout, scale=s0, zero=z0, act_order=act_order, block_size=block_size, prep=prep)
     best_err = row_errors(W, best.weight(layout), H)
-    plain = gptq(W, H, layout, act_order=act_order, block_size=block_size, grid=grid)
+    plain = gptq(W, H, layout, act_order=act_order, block_size=block_size, grid=grid, prep=prep)
     _take_better(best, best_err, plain, row_errors(W, plain.weight(layout), H))
     for _ in range(rounds):
         s, z = solve_scale_zero(best.codes, W, H, layout)
         cand = QuantResult(best.codes.clone(), fp16_exact(s), fp16_exact(z))
         _take_better(best, best_err, cand, row_errors(W, cand.weight(layout), H))
         cand = gptq(W, H, layout, scale=best.scale, zero=best.zero, act_order=act_order,
-                    block_size=block_size)
+                    block_size=block_size, prep=prep)
         _take_better(best, best_err, cand, row_errors(W, cand.weight(layout), H))
     return best

@@ -35,10 +35,20 @@ def inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("Hessian is not positive definite even after jitter")
 
 
+def prepare(H: torch.Tensor, act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, upper Cholesky factor of the permuted H^-1): reusable across passes on one H."""
+    K = H.shape[0]
+    H = H.double()
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(K)
+    return perm, inverse_cholesky_upper(H[perm][:, perm])
+
+
 def gptq(W: torch.Tensor, H: torch.Tensor, layout: Layout, *, scale: torch.Tensor | None = None,
          zero: torch.Tensor | None = None, act_order: bool = True, block_size: int = 128,
-         grid: int = 40) -> QuantResult:
-    """Quantize W (N, K) against damped H (K, K). Returns codes and fp16-exact scale/zero."""
+         grid: int = 40, prep: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantResult:
+    """Quantize W (N, K) against damped H (K, K). Returns codes and fp16-exact scale/zero.
+
+    ``prep``: the result of ``prepare(H, act_order)`` when several passes share one H."""
     N, K = W.shape
     g, G = layout.group(K), layout.n_groups(K)
     maxq = layout.maxq
@@ -46,10 +56,9 @@ def gptq(W: torch.Tensor, H: torch.Tensor, layout: Layout, *, scale: torch.Tenso
     H = H.double()
     dead = torch.diagonal(H) == 0
     W[:, dead] = 0
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(K)
+    perm, Hinv = prep if prep is not None else prepare(H, act_order)
     invperm = torch.argsort(perm)
     Wp = W[:, perm].contiguous()
-    Hinv = inverse_cholesky_upper(H[perm][:, perm])
     fixed = scale is not None
     S = scale.double().clone() if fixed else torch.zeros((N, G), dtype=torch.float64)
     Z = zero.double().clone() if fixed else torch.zeros((N, G), dtype=torch.float64)
