@@ -6,8 +6,8 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
 
     edgekit::linear_w2(Tensor x, Tensor qweight, Tensor scale, Tensor zero,
                        int group_size, int in_features) -> Tensor
-    edgekit::linear_w4(...same...)
-    edgekit::linear_w2.out / linear_w4.out(..., *, Tensor(a!) out) -> Tensor(a!)
+    edgekit::linear_w3 / linear_w4 / linear_w8(...same...)
+    edgekit::linear_w{2,3,4,8}.out(..., *, Tensor(a!) out) -> Tensor(a!)
 
 ``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
@@ -36,7 +36,7 @@ import torch
 
 _SCHEMA = ("(Tensor x, Tensor qweight, Tensor scale, Tensor zero, int group_size, "
            "int in_features")
-BITS = {"linear_w2": 2, "linear_w4": 4}
+BITS = {"linear_w2": 2, "linear_w3": 3, "linear_w4": 4, "linear_w8": 8}
 
 _lib = torch.library.Library("edgekit", "FRAGMENT")
 
@@ -83,7 +83,7 @@ _et_lock = threading.Lock()
 def load_et_kernels() -> str:
     """Load libedgekit_kernels_et.so into this process so the ExecuTorch runtime (the
     executorch pybindings share the wheel's libexecutorch.so and its operator registry) can run
-    programs containing ``edgekit::linear_w2.out`` / ``linear_w4.out``. Idempotent; builds the
+    programs containing ``edgekit::linear_w{2,3,4,8}.out``. Idempotent; builds the
     native libraries on first use. Returns the library path.
 
     Raises NativeBuildError (edgekit.runtime.native) when the libraries cannot be built.
@@ -99,6 +99,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != 2:
+            if _et_loaded.ek_et_ops_registered() != len(BITS):
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

@@ -3,7 +3,7 @@
 //
 //   edgekit::linear_w2.out(Tensor x, Tensor qweight, Tensor scale, Tensor zero,
 //                          int group_size, int in_features, *, Tensor(a!) out) -> Tensor(a!)
-//   edgekit::linear_w4.out(... same ...)
+//   edgekit::linear_w3.out / linear_w4.out / linear_w8.out(... same ...)
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -79,11 +79,25 @@ Tensor& linear_w4_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& 
   return linear_wq_out<4>(ctx, x, qweight, scale, zero, group_size, in_features, out);
 }
 
+Tensor& linear_w3_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
+                      const Tensor& scale, const Tensor& zero, int64_t group_size,
+                      int64_t in_features, Tensor& out) {
+  return linear_wq_out<3>(ctx, x, qweight, scale, zero, group_size, in_features, out);
+}
+
+Tensor& linear_w8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
+                      const Tensor& scale, const Tensor& zero, int64_t group_size,
+                      int64_t in_features, Tensor& out) {
+  return linear_wq_out<8>(ctx, x, qweight, scale, zero, group_size, in_features, out);
+}
+
 }  // namespace
 }  // namespace edgekit
 
 EXECUTORCH_LIBRARY(edgekit, "linear_w2.out", edgekit::linear_w2_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4.out", edgekit::linear_w4_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w3.out", edgekit::linear_w3_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w8.out", edgekit::linear_w8_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 2; }
+extern "C" int ek_et_ops_registered(void) { return 4; }
