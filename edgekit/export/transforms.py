@@ -41,9 +41,13 @@ def _half_perm(hd: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])
 
 
-def _permute_heads(lin: torch.nn.Linear, n_heads: int, hd: int, perm: torch.Tensor) -> None:
-    w = lin.weight.data.view(n_heads, hd, -1)
-    w.copy_(w[:, perm, :].clone())
+def _permute_heads(lin: torch.nn.Module, n_heads: int, hd: int, perm: torch.Tensor) -> None:
+    # A packed linear (edgekit.quant.modules) stores rows independently: permute qweight, scale
+    # and zero rows the same way (exact: no repacking).
+    names = ("weight",) if hasattr(lin, "weight") else ("qweight", "scale", "zero")
+    for name in names:
+        w = getattr(lin, name).data.view(n_heads, hd, -1)
+        w.copy_(w[:, perm, :].clone())
     if lin.bias is not None:
         b = lin.bias.data.view(n_heads, hd)
         b.copy_(b[:, perm].clone())
