@@ -150,18 +150,22 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
     stage = stage or (lambda name: nullcontext())
     path = Path(path)
     args = model.args
+    from edgekit.export.quant_lower import lowered_for_executorch
     from edgekit.export.transforms import export_friendly
 
     try:
         # The exported program shares the model's weight tensors; lowering copies them into the
         # XNNPACK payloads and serializing copies the rest, so all three stages run before
-        # export_friendly restores the original weight layout.
-        with export_friendly(model):
+        # export_friendly restores the original weight layout. Packed quantized linears become
+        # edgekit::linear_w* custom-op calls (edgekit/export/quant_lower.py).
+        with export_friendly(model), lowered_for_executorch(model) as qlow:
             with stage("export[executorch]"):
                 ep = torch_export(model, max_chunk)
             with stage("lower[executorch]"):
                 edge = lower(ep, args, max_chunk)
                 stats = delegation_stats(edge)
+            if log and qlow["ops"]:
+                log(f"  custom ops: {qlow['ops']}")
             if log:
                 log(f"  xnnpack: {stats['delegated_nodes']}/{stats['total_nodes']} ops delegated in "
                     f"{stats['delegate_calls']} delegate calls; portable: {stats['portable_ops']}")
@@ -175,4 +179,6 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
     return {"file": path.name, "size": size, "abi": EDGEKIT_ABI, "delegate": "xnnpack",
             "methods": ["forward", *constant_methods(args, max_chunk)],
             "inputs": {"tokens": "int64 [1, T]", "input_pos": "int64 [T]"},
-            "outputs": {"logits": "float32 [1, T, V]"}, "dynamic_T": [1, max_chunk], **stats}
+            "outputs": {"logits": "float32 [1, T, V]"}, "dynamic_T": [1, max_chunk],
+            # custom ops the runtime must register before loading (edgekit.kernels.ops.load_et_kernels)
+            "custom_ops": sorted(qlow["ops"]), **stats}

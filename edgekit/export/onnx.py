@@ -107,6 +107,8 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
     """
     import onnx
     from contextlib import nullcontext
+
+    from edgekit.export.quant_lower import lowered_for_onnx
     from torch.export import Dim
 
     stage = stage or (lambda name: nullcontext())
@@ -122,10 +124,12 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
     dyn = ({1: T}, {1: T}, tuple({2: P} for _ in range(2 * L)))  # *past is one varargs tuple
     path = out_dir / ONNX_FILE
     try:
-        with stage("export[onnx]"), wrapper.swapped(), torch.no_grad():
+        # Packed quantized linears export as com.microsoft::MatMulNBits (edgekit/export/quant_lower.py).
+        with stage("export[onnx]"), wrapper.swapped(), lowered_for_onnx(model) as table, torch.no_grad():
             prog = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=dyn,
                                      input_names=input_names(L), output_names=output_names(L),
-                                     opset_version=OPSET, optimize=True, verbose=False)
+                                     opset_version=OPSET, optimize=True, verbose=False,
+                                     custom_translation_table=table)
         with stage("serialize[onnx]"):
             prog.save(str(path), external_data=True)
             # The exporter names the data file after the model; keep the documented name.
@@ -140,6 +144,7 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
         raise InternalError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "rerun with EDGEKIT_DEBUG=1 and report it") from e
     n_nodes = len(proto.graph.node)
+    n_mnb = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
     if log:
         log(f"  onnx: {n_nodes} nodes, opset {OPSET}")
     return {"file": ONNX_FILE, "data": ONNX_DATA, "opset": OPSET, "n_nodes": n_nodes,
@@ -149,4 +154,5 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
             "outputs": {"logits": "float32 [1, T, V]",
                         "present.{i}.key|value": f"float32 [1, {kv}, past_len + T, {hd}]"},
             "input_names": input_names(L), "output_names": output_names(L),
-            "batch": 1, "cache_inputs": "position_ids"}
+            "batch": 1, "cache_inputs": "position_ids",
+            "custom_ops": ["com.microsoft::MatMulNBits"] if n_mnb else [], "matmul_nbits": n_mnb}
