@@ -39,10 +39,17 @@ class ExecuTorchBackend:
 
     name = "executorch"
 
-    def __init__(self, pte_path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, pte_path: str | Path, threads: int | None = None,
+                 custom_ops: bool = False) -> None:
+        """``custom_ops``: the program calls edgekit::* operators (manifest
+        ``programs.executorch.custom_ops``); their C++ library is loaded first."""
         from executorch.runtime import Runtime
 
         self.path = Path(pte_path)
+        if custom_ops:
+            from edgekit.kernels.ops import load_et_kernels
+
+            load_et_kernels()
         set_executorch_threads(threads)
         try:
             self.program = Runtime.get().load_program(self.path)

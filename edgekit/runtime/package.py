@@ -55,7 +55,8 @@ class Package:
             raise UserError(f"unknown backend {kind!r}", "use executorch or onnx")
         path = self.program_path(kind)
         if kind == "executorch":
-            return ExecuTorchBackend(path, threads=threads)
+            needs = bool(self.manifest["programs"]["executorch"].get("custom_ops"))
+            return ExecuTorchBackend(path, threads=threads, custom_ops=needs)
         return OnnxBackend(path, self.args.n_layers, self.manifest["max_seq_len"], self.args.vocab_size,
                            max_chunk=self.manifest["max_chunk"], threads=threads)
 
