@@ -1,0 +1,354 @@
+"""Decode speed of quantized packages vs llama.cpp, on SmolLM2-135M / Qwen2.5-0.5B shapes.
+
+For each shape (random weights, ``edgekit.models.config.SHAPES``, qkv biases dropped so that
+llama.cpp's llama architecture holds the same tensors) and each weight format fp32 / w8 / w4g32 /
+w2g64 (round-to-nearest; the LM head quantized too: 8 bits for w8, 4-bit g32 for w4 and w2, the
+embedding lookup stays fp32), export an ExecuTorch + ONNX package and measure decode tok/s:
+
+- ExecuTorch through the native runner (``bench_native``: one warm-up, median of reps),
+- onnxruntime through ``OnnxBackend`` (edgekit's bench protocol, warm-up excluded),
+- llama.cpp (llama-cpp-python, optional) on GGUF files written from the *same* float weights
+  (llama architecture, F32) and quantized by llama.cpp itself to Q8_0 / Q4_0 / Q2_K; the real
+  bits per weight of each file come from reading its tensor types back (gguf.GGUFReader).
+
+Each row also gives bytes read per decoded token (all weights except the embedding table, of
+which one row is read; a tied embedding counts as the head) and the share of the bandwidth
+roofline: ``tok/s * bytes_per_token / measured read bandwidth``. Everything runs on 2 threads.
+
+Writes ``benchmarks/results/quant_speed.json`` and ``quant_speed.md``.
+
+    python benchmarks/bench_quant_speed.py --shapes smollm2-135m qwen2.5-0.5b --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_export_smollm2 import stand_in_tokenizer  # noqa: E402
+
+from edgekit.models.config import SHAPES  # noqa: E402
+from edgekit.models.llama import Transformer  # noqa: E402
+from edgekit.models.load import LoadedModel, Source  # noqa: E402
+
+VARIANTS = {  # name -> (preset, head_bits, head_group) ; None preset = fp32
+    "fp32": (None, None, None), "w8": ("w8", 8, None), "w4g32": ("w4g32", 4, 32), "w2g64": ("w2g64", 4, 32)}
+GGUF_TYPES = {"Q8_0": 7, "Q4_0": 2, "Q2_K": 10}  # llama_ftype values
+
+
+def log(s: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)
+
+
+def random_float_model(shape: str, seq: int, seed: int = 0, n_layers: int | None = None) -> LoadedModel:
+    args = dataclasses.replace(SHAPES[shape], max_seq_len=seq, qkv_bias=False)
+    if n_layers:
+        args = dataclasses.replace(args, n_layers=n_layers)
+    torch.manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
+    return LoadedModel(model.eval(), stand_in_tokenizer(args.vocab_size), args,
+                       Source(f"random:{shape}(seed={seed})", "random", []))
+
+
+def decode_bytes(model: torch.nn.Module) -> int:
+    """Weight bytes one decode step reads: every linear (packed or float, a tied head once as the
+    head), the norms, and one embedding row."""
+    from edgekit.quant.modules import _PackedLinear
+
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, _PackedLinear):
+            total += sum(b.numel() * b.element_size() for b in (m.qweight, m.scale, m.zero))
+        elif isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+    total += sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n)
+    emb = model.tok_embeddings
+    w = getattr(emb, "weight", None)
+    if w is not None:
+        total += w.shape[1] * w.element_size()
+    return total
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------
+
+def write_gguf_f32(lm: LoadedModel, path: Path) -> None:
+    """Our float weights as a llama-architecture F32 GGUF (tied head: no output.weight)."""
+    import gguf
+
+    a = lm.args
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("edgekit-random")
+    w.add_context_length(a.max_seq_len)
+    w.add_embedding_length(a.dim)
+    w.add_block_count(a.n_layers)
+    w.add_feed_forward_length(a.hidden_dim)
+    w.add_head_count(a.n_heads)
+    w.add_head_count_kv(a.n_kv_heads)
+    w.add_rope_freq_base(a.rope_theta)
+    w.add_layer_norm_rms_eps(a.norm_eps)
+    w.add_rope_dimension_count(a.head_dim)
+    w.add_vocab_size(a.vocab_size)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>".encode() for i in range(a.vocab_size)])
+    w.add_token_scores([0.0] * a.vocab_size)
+    w.add_token_types([1] * a.vocab_size)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    sd = lm.model.state_dict()
+    f = lambda k: sd[k].detach().float().numpy()  # noqa: E731
+    w.add_tensor("token_embd.weight", f("tok_embeddings.weight"))
+    w.add_tensor("output_norm.weight", f("norm.weight"))
+    if not a.tie_embeddings:
+        w.add_tensor("output.weight", f("output.weight"))
+    names = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+             "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
+             "feed_forward.w2": "ffn_down", "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
+    for i in range(a.n_layers):
+        for ours, theirs in names.items():
+            w.add_tensor(f"blk.{i}.{theirs}.weight", f(f"layers.{i}.{ours}.weight"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def gguf_quantize(src: Path, dst: Path, ftype: int, threads: int) -> None:
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = ftype
+    p.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), p)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize -> {rc}")
+
+
+def gguf_stats(path: Path, vocab: int, tied: bool) -> dict:
+    """Types, real bits per weight and bytes read per token of a GGUF file."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    types: dict[str, int] = {}
+    n_w = n_b = read = 0
+    for t in r.tensors:
+        ne = int(np.prod([int(x) for x in t.shape]))
+        nb = int(t.n_bytes)
+        tn = t.tensor_type.name
+        if t.name.endswith("_norm.weight") or t.name == "output_norm.weight":
+            read += nb
+            continue
+        types[tn] = types.get(tn, 0) + 1
+        n_w += ne
+        n_b += nb
+        if t.name == "token_embd.weight" and not tied:
+            read += nb // vocab  # one row
+        else:
+            read += nb
+    return {"types": types, "bits_per_weight": round(8 * n_b / n_w, 3), "bytes_per_token": read,
+            "file_bytes": path.stat().st_size}
+
+
+def bench_llama_cpp(path: Path, prompt: list[int], gen_len: int, reps: int, threads: int) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + gen_len + 8, n_threads=threads,
+                          n_threads_batch=threads, n_batch=64, verbose=False)
+    rates = []
+    for rep in range(reps + 1):  # rep 0 = warm-up
+        llm.reset()
+        llm.eval(prompt)
+        tok = prompt[-1]
+        t0 = time.perf_counter()
+        for i in range(gen_len):
+            llm.eval([tok])
+            tok = 3 + (tok * 7 + i) % 200
+        dt = time.perf_counter() - t0
+        if rep:
+            rates.append(gen_len / dt)
+    del llm
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates}
+
+
+# --- ours -----------------------------------------------------------------------------------------
+
+def export_variant(shape: str, variant: str, work: Path, seq: int, n_layers: int | None):
+    from edgekit.export.builder import export_package
+    from edgekit.quant import preset_config, quantize_
+
+    lm = random_float_model(shape, seq, n_layers=n_layers)
+    preset, hb, hg = VARIANTS[variant]
+    hook = None
+    if preset:
+        cfg = preset_config(preset, method="rtn", head_bits=hb, head_group_size=hg)
+
+        def hook(m):
+            quantize_(m, cfg)
+            return cfg.to_dict()
+    d = work / f"{shape}-{variant}"
+    t0 = time.perf_counter()
+    man = export_package(lm, d, formats="both", max_chunk=32, force=True, quant=hook, verify=False,
+                         log=lambda s: None)
+    return lm, d, man, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--gen-len", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--layers", type=int, help="override n_layers (smoke runs only)")
+    ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--work", help="directory for packages and GGUF files (default: a temp dir)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+
+    from edgekit.profile.host import measure_bandwidth
+    from edgekit.runtime.backends import OnnxBackend
+    from edgekit.runtime.bench import bench_backend, bench_prompt
+    from edgekit.runtime.native import bench_native
+
+    torch.set_num_threads(a.threads)
+    work = Path(a.work or tempfile.mkdtemp(prefix="edgekit-qspeed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    bw = [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
+    log(f"read bandwidth {bw:.2f} GB/s ({a.threads} threads); load {load0}")
+    have_llama = False
+    if not a.no_llama_cpp:
+        try:
+            import llama_cpp  # noqa: F401
+
+            have_llama = True
+        except ImportError as e:
+            log(f"llama-cpp-python not importable ({e}); llama.cpp rows skipped")
+    rows = []
+    for shape in a.shapes:
+        for variant in a.variants:
+            log(f"{shape} {variant}: export")
+            lm, d, man, secs = export_variant(shape, variant, work, a.max_seq_len, a.layers)
+            bpt = decode_bytes(lm.model)
+            prompt = bench_prompt(a.prompt_len, lm.args.vocab_size)
+            row = {"shape": shape, "runtime": "executorch-native", "format": variant, "export_s": round(secs, 1),
+                   "bytes_per_token": bpt, "file_bytes": man["programs"]["executorch"]["size"],
+                   "custom_ops": man["programs"]["executorch"].get("custom_ops", [])}
+            log(f"{shape} {variant}: native runner")
+            r = bench_native(d / "model.pte", prompt, a.gen_len, a.reps, threads=a.threads)
+            row["decode_tok_s"] = r["decode_tok_s"]
+            rows.append(row)
+            log(f"  -> {r['decode_tok_s']['median']:.1f} tok/s")
+            log(f"{shape} {variant}: onnxruntime")
+            be = OnnxBackend(d / "model.onnx", lm.args.n_layers, man["max_seq_len"], lm.args.vocab_size,
+                             max_chunk=man["max_chunk"], threads=a.threads)
+            r = bench_backend(be, prompt_len=a.prompt_len, gen_len=a.gen_len, reps=a.reps)
+            del be
+            rows.append({"shape": shape, "runtime": "onnxruntime", "format": variant, "bytes_per_token": bpt,
+                         "file_bytes": man["programs"]["onnx"]["size"],
+                         "custom_ops": man["programs"]["onnx"].get("custom_ops", []),
+                         "decode_tok_s": r["decode_tok_s"]})
+            log(f"  -> {r['decode_tok_s']['median']:.1f} tok/s")
+        if have_llama:
+            lm = random_float_model(shape, a.max_seq_len, n_layers=a.layers)
+            f32 = work / f"{shape}-f32.gguf"
+            write_gguf_f32(lm, f32)
+            prompt = bench_prompt(a.prompt_len, lm.args.vocab_size)
+            for qt, ft in GGUF_TYPES.items():
+                q = work / f"{shape}-{qt}.gguf"
+                log(f"{shape} llama.cpp {qt}: quantize + bench")
+                gguf_quantize(f32, q, ft, a.threads)
+                st = gguf_stats(q, lm.args.vocab_size, lm.args.tie_embeddings)
+                r = bench_llama_cpp(q, prompt, a.gen_len, a.reps, a.threads)
+                rows.append({"shape": shape, "runtime": "llama.cpp", "format": qt, **st, "decode_tok_s": r})
+                log(f"  -> {r['median']:.1f} tok/s, {st['bits_per_weight']} bpw, types {st['types']}")
+                q.unlink()
+            f32.unlink()
+    for r in rows:
+        r["gb_s"] = round(r["bytes_per_token"] * r["decode_tok_s"]["median"] / 1e9, 3)
+        r["roofline_share"] = round(r["gb_s"] / bw, 3)
+    load1 = os.getloadavg()
+    res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
+           "read_bandwidth_gb_s": bw, "load_avg_start": load0, "load_avg_end": load1,
+           "prompt_len": a.prompt_len, "gen_len": a.gen_len, "reps": a.reps, "layers_override": a.layers,
+           "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2]} for k, v in VARIANTS.items()},
+           "rows": rows, "targets": targets(rows)}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quant_speed.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "quant_speed.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+def _rate(rows, shape, runtime, fmt):
+    for r in rows:
+        if r["shape"] == shape and r["runtime"] == runtime and r["format"] == fmt:
+            return r
+    return None
+
+
+def targets(rows) -> list[dict]:
+    out = []
+    for shape in sorted({r["shape"] for r in rows}):
+        w2 = _rate(rows, shape, "executorch-native", "w2g64")
+        w4 = _rate(rows, shape, "executorch-native", "w4g32")
+        q2 = _rate(rows, shape, "llama.cpp", "Q2_K")
+        q4 = _rate(rows, shape, "llama.cpp", "Q4_0")
+        if w2 and q2:
+            x = w2["decode_tok_s"]["median"] / q2["decode_tok_s"]["median"]
+            out.append({"shape": shape, "target": "w2g64 >= 1.5x llama.cpp Q2_K", "ratio": round(x, 2), "met": x >= 1.5})
+        if w4 and q4:
+            x = w4["decode_tok_s"]["median"] / q4["decode_tok_s"]["median"]
+            out.append({"shape": shape, "target": "w4g32 >= llama.cpp Q4_0", "ratio": round(x, 2), "met": x >= 1.0})
+        if w2:
+            out.append({"shape": shape, "target": "w2g64 >= 50% of roofline", "ratio": w2["roofline_share"],
+                        "met": w2["roofline_share"] >= 0.5})
+    return out
+
+
+def markdown(res) -> str:
+    lines = [f"# Quantized decode speed ({res['threads']} threads, read bandwidth "
+             f"{res['read_bandwidth_gb_s']:.2f} GB/s, load avg {res['load_avg_start'][0]:.2f} -> "
+             f"{res['load_avg_end'][0]:.2f}; shared 2-core box, noisy)", "",
+             f"prompt {res['prompt_len']}, decode {res['gen_len']} tokens, median of {res['reps']} reps "
+             "after one warm-up. Random weights.", "",
+             "| shape | runtime | format | bits/weight (file) | MB read/token | decode tok/s (min-max) | GB/s | roofline |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        d = r["decode_tok_s"]
+        bpw = r.get("bits_per_weight", "")
+        lines.append(f"| {r['shape']} | {r['runtime']} | {r['format']} | {bpw} | {r['bytes_per_token'] / 1e6:.1f} | "
+                     f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f}) | {r['gb_s']:.2f} | {100 * r['roofline_share']:.0f}% |")
+    lines += ["", "llama.cpp tensor types:", ""]
+    for r in res["rows"]:
+        if r["runtime"] == "llama.cpp":
+            lines.append(f"- {r['shape']} {r['format']}: {r['types']}")
+    lines += ["", "| shape | target | ratio | met |", "|---|---|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['shape']} | {t['target']} | {t['ratio']} | {t['met']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
