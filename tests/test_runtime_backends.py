@@ -67,6 +67,9 @@ def test_executorch_rejects_oversized_chunk(pkg):
     be = pkg.backend("executorch")
     with pytest.raises(UserError, match="1..32"):
         be.forward(list(range(33)), 0)
+    for kind in ("executorch", "onnx"):
+        with pytest.raises(UserError, match="max_seq_len 128"):
+            pkg.backend(kind).forward([1, 2], 127)
 
 
 def test_load_package_checks_checksums_first(tmp_path, stories_dir):

@@ -22,6 +22,12 @@ from edgekit.errors import PackageError, UserError
 from edgekit.export.package import EDGEKIT_ABI
 
 
+def _check_fits(start_pos: int, T: int, max_seq_len: int) -> None:
+    if start_pos < 0 or T < 1 or start_pos + T > max_seq_len:
+        raise UserError(f"tokens at positions {start_pos}..{start_pos + T - 1} do not fit max_seq_len {max_seq_len}",
+                        "shorten the input or re-export with a larger --max-seq-len")
+
+
 def set_executorch_threads(n: int | None) -> None:
     """Resize ExecuTorch's shared threadpool (XNNPACK); None leaves the default."""
     if n:
@@ -78,6 +84,7 @@ class ExecuTorchBackend:
         if not 1 <= T <= self.max_chunk:
             raise UserError(f"{T} tokens in one call; this program takes 1..{self.max_chunk}",
                             "feed longer inputs in chunks (Engine.prefill does)")
+        _check_fits(start_pos, T, self.max_seq_len)
         t = torch.tensor([tokens], dtype=torch.long)
         pos = torch.arange(start_pos, start_pos + T, dtype=torch.long)
         return self.method.execute([t, pos])[0][0]  # (T, V)
@@ -126,6 +133,7 @@ class OnnxBackend:
         self.past_len = 0
 
     def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        _check_fits(start_pos, len(tokens), self.max_seq_len)
         if start_pos > self.past_len:
             raise ValueError(f"start_pos {start_pos} is past the cached length {self.past_len}")
         if start_pos < self.past_len:  # rollback: forget rows >= start_pos
