@@ -2,7 +2,8 @@
 
 A forward of ``T`` tokens streams the weights it touches and the KV cache it attends to, and
 does ``2 * params * T`` FLOPs plus attention. Its time is
-``max(bytes / (bandwidth * eff_bw), flops / (compute * eff_compute)) + dispatch overhead``,
+``max(bytes / (bandwidth * eff_bw), flops / (compute * eff_compute)) + dispatch overhead``
+(per layer, plus a per-attention-score cost where measured),
 where bandwidth and compute come from the profile's *measured* numbers when it has them and
 from the datasheet otherwise (datasheet bandwidth is first scaled by :data:`STREAM_FRACTION`,
 since no program streams at the theoretical DRAM peak). ``eff_*`` is the documented share of
@@ -43,6 +44,11 @@ from edgekit.profile.schema import GIB, DeviceProfile
 STREAM_FRACTION = {"cpu": 0.7, "gpu": 0.85, "npu": 0.7}
 STREAM_SOURCE = "datasheet peak x STREAM fraction (0.7 CPU/NPU LPDDR/DDR, 0.85 GPU GDDR/HBM)"
 
+# A step whose bytes fit in half the CPU's last-level cache is read from the cache, not DRAM.
+# Estimate: L3 read bandwidth per core is ~3-5x the DRAM share of a core on current x86/Arm cores
+# (Zen 4, Golden Cove, Cortex-X); we take 4x.
+LLC_FACTOR = 4.0
+
 # BlockFFN union-of-experts growth exponent, from TLS 80.5% and CLS_8 71.4% (papers.md sec. 2).
 BLOCKFFN_UNION_EXPONENT = math.log((1 - 0.714) / (1 - 0.805)) / math.log(8)
 
@@ -55,7 +61,10 @@ class BackendInfo:
     ``eff_compute``: share of peak matmul throughput a prefill reaches. ``layer_overhead_s``:
     dispatch cost per layer per forward (kernel launches, thread-pool wake-ups). ``presets``:
     weight formats the backend has kernels for. ``float_dtype`` / ``kv_dtype``: the defaults the
-    planner uses. ``source``: where the numbers come from.
+    planner uses. ``source``: where the numbers come from. ``score_s``: seconds per attention
+    score (one query token x one head x one attended position x one layer) spent outside the
+    roofline: the scale, mask, softmax and the two small per-head bmm's over the scores, which run
+    as many tiny operators far below peak (0: not measured for this backend).
     """
 
     kind: Literal["cpu", "gpu", "npu"]
@@ -66,6 +75,7 @@ class BackendInfo:
     float_dtype: str
     kv_dtype: str
     source: str
+    score_s: float = 0.0
 
 
 _ALL = frozenset({"w2g64", "w2g128", "w3g64", "w4g32", "w4g128", "w8", "fp16", "fp32"})
@@ -74,10 +84,17 @@ BACKENDS: dict[str, BackendInfo] = {
     "xnnpack": BackendInfo(
         "cpu", 0.75, 0.6, 15e-6, _ALL, "fp32", "fp32",
         "llama.cpp/ExecuTorch CPU decode reaches 60-85% of STREAM bandwidth; XNNPACK GEMM ~60% of "
-        "measured peak; 2/3-bit through edgekit's own CPU kernels"),
+        "measured peak; 2/3-bit through edgekit's own CPU kernels. Checked by "
+        "benchmarks/bench_plan_vs_measured.py (edgekit run/bench, 1 thread, AMD EPYC Zen 4 KVM): fp32 "
+        "SmolLM2-135M decode streams 20-32 GB/s of the 24-39 GB/s best streaming rate, i.e. 0.65-0.85; "
+        "score_s 6.5 ns from stories260K's step time at S=1024 vs S=256 (+240 us for 30,720 more "
+        "scores per step; its 1.3 MB of weights stay in the LLC)",
+        score_s=6.5e-9),
     "onnxruntime": BackendInfo(
-        "cpu", 0.6, 0.5, 25e-6, frozenset({"w4g32", "w4g128", "w8", "fp16", "fp32"}), "fp32", "fp32",
-        "ORT CPU EP MatMulNBits (4-bit) / int8 MatMulInteger; estimate: less fused than XNNPACK"),
+        "cpu", 0.6, 0.5, 50e-6, frozenset({"w4g32", "w4g128", "w8", "fp16", "fp32"}), "fp32", "fp32",
+        "ORT CPU EP MatMulNBits (4-bit) / int8 MatMulInteger; estimate: less fused than XNNPACK. "
+        "layer_overhead_s measured: stories260K through edgekit's Python ORT backend (past K/V fed "
+        "and returned as numpy arrays per layer), ~260 us per 5-layer step at 1 thread"),
     "cuda": BackendInfo(
         "gpu", 0.8, 0.6, 40e-6, _ALL, "fp16", "fp16",
         "gpt-fast / llama.cpp int4 GEMV reach 80-90% of HBM/GDDR peak; ~8 launches x 5 us per layer"),
@@ -120,6 +137,7 @@ class Target:
     session_limit_bytes: int | None = None
     threads: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    llc_bytes: int | None = None  # CPU last-level cache: a step whose bytes fit stays cache-resident
 
     def to_dict(self) -> dict:
         return {"device": self.device, "backend": self.backend, "kind": self.info.kind,
@@ -127,8 +145,9 @@ class Target:
                 "compute_gops": {k: v / 1e9 for k, v in self.compute.items()},
                 "memory_bytes": self.memory_bytes, "unified": self.unified,
                 "session_limit_bytes": self.session_limit_bytes, "threads": self.threads,
+                "llc_bytes": self.llc_bytes,
                 "efficiency": {"bandwidth": self.info.eff_bw, "compute": self.info.eff_compute,
-                               "layer_overhead_s": self.info.layer_overhead_s,
+                               "layer_overhead_s": self.info.layer_overhead_s, "score_s": self.info.score_s,
                                "source": self.info.source},
                 "sources": dict(self.sources)}
 
@@ -153,9 +172,10 @@ def _cpu_target(p: DeviceProfile, backend: str, info: BackendInfo, threads: int 
     cores = p.cpu.cores
     use = min(threads or cores, cores)
     m = p.measured
-    bw = m.best_bandwidth_gbps("read", use) if m else None
+    bw = measured_stream_gbps(m, use) if m else None
     if bw:
-        src["bandwidth"] = f"measured read bandwidth at <= {use} threads ({m.tool}, {m.date})"
+        src["bandwidth"] = (f"best measured streaming rate (read, copy, fp32 GEMV) at <= {use} threads "
+                            f"({m.tool}, {m.date})")
         bw *= 1e9
     elif p.memory.bandwidth_gbps:
         bw = p.memory.bandwidth_gbps.value * 1e9 * STREAM_FRACTION["cpu"]
@@ -189,8 +209,24 @@ def _cpu_target(p: DeviceProfile, backend: str, info: BackendInfo, threads: int 
         src.setdefault("compute.int8", "estimate: fp32 peak x int8/fp32 width ratio of the ISA")
     if "fp16" not in compute:
         compute["fp16"] = compute["fp32"] * (2 if p.cpu.arch == "arm64" and "fp16" in p.cpu.isa else 1)
+    llc = int(p.caches.llc_kib.value * 1024) if p.caches.llc_kib else None
     return Target(p.name, backend, info, bw, compute, p.app_usable_bytes(), p.memory.unified,
-                  threads=use, sources=src)
+                  threads=use, sources=src, llc_bytes=llc)
+
+
+def measured_stream_gbps(m, threads: int) -> float | None:
+    """The best streaming bandwidth a profile measured at ``threads`` or fewer: the largest of the
+    read (``sum``), copy and fp32 GEMV rates (a GEMV streams 4 bytes per 2 FLOPs, as decode does).
+
+    Every sample is a lower bound of what the memory system delivers (other processes, page
+    faults and a kernel's own limits only slow it down), so the best of them is the estimate; on a
+    shared machine a single-thread ``sum`` alone came out anywhere from 13 to 39 GB/s.
+    """
+    vals = [v for v in (m.best_bandwidth_gbps("read", threads), m.best_bandwidth_gbps("copy", threads)) if v]
+    gemv = m.best_compute_gflops("gemv", "fp32", threads)
+    if gemv:
+        vals.append(gemv * 2.0)
+    return max(vals) if vals else None
 
 
 def resolve_target(profile: DeviceProfile, backend: str, threads: int | None = None) -> Target:
@@ -307,7 +343,10 @@ def forward_time(shape: ModelShape, fmt: WeightFormat, target: Target, *, tokens
 
     Bytes: the weights a decode step reads (BlockFFN: the union of the tokens' active experts
     when ``sparse``), the KV cache read for ``context`` rows and written for ``tokens`` rows, the
-    fp32 logits. FLOPs: ``2 * T * params_read`` + attention ``4 * L * q_dim * S * T``.
+    fp32 logits. FLOPs: ``2 * T * params_read`` + attention ``4 * L * q_dim * S * T``. Bytes that
+    fit in half the CPU's last-level cache are read at :data:`LLC_FACTOR` x the bandwidth. The
+    overhead is the backend's per-layer dispatch plus ``score_s`` per attention score
+    (``T * n_heads * S * L``).
     """
     frac = blockffn_union_fraction(shape.active_fraction, tokens) if (sparse and shape.is_blockffn) else 1.0
     w = decode_weight_read_bytes(shape, fmt, frac)
@@ -322,9 +361,13 @@ def forward_time(shape: ModelShape, fmt: WeightFormat, target: Target, *, tokens
     if shape.is_encoder_decoder:
         flops += 4 * shape.n_layers * shape.q_dim * context * tokens
     dtype = compute_dtype(fmt, target)
-    t_mem = byts / (target.bandwidth * target.info.eff_bw)
+    bw = target.bandwidth * target.info.eff_bw
+    if target.llc_bytes and byts <= target.llc_bytes // 2:
+        bw *= LLC_FACTOR  # the whole step stays in the last-level cache between steps
+    t_mem = byts / bw
     t_cmp = flops / (target.compute[dtype] * target.info.eff_compute)
-    t_ovh = target.info.layer_overhead_s * shape.n_layers
+    scores = tokens * shape.n_heads * attn_ctx * shape.n_layers
+    t_ovh = target.info.layer_overhead_s * shape.n_layers + target.info.score_s * scores
     return StepEstimate(max(t_mem, t_cmp) + t_ovh, byts, flops, t_mem, t_cmp, t_ovh)
 
 
