@@ -21,6 +21,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
     plan: Annotated[Optional[str], typer.Option("--plan", help="plan.json from `edgekit plan --out`: its max_seq_len and preset (explicit flags win).")] = None,
     quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Weight preset applied with round-to-nearest: w2g64, w2g128, w3g64, w4g32, w4g128, w8 or fp32.")] = None,
+    draft_exit: Annotated[Optional[int], typer.Option("--draft-exit", min=1, help="Also write an early-exit draft program of the first K layers (draft_ee{K}.pte).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export a model to a verified package (staged: load, transform, export, lower, serialize, verify).
@@ -30,6 +31,7 @@ def export(
       edgekit export ./SmolLM2-135M --out out/smollm --format executorch --max-chunk 16 --force
       edgekit plan ../shared/models/stories260K --device raspberry-pi-5-8gb --out plan.json
       edgekit export ../shared/models/stories260K --plan plan.json --out out/stories-pi5
+      edgekit export --out out/stories-ee --draft-exit 2
     """
     from edgekit.export.builder import export_package, n_stages, parse_formats
     from edgekit.plan.apply import export_settings
@@ -38,7 +40,7 @@ def export(
     s = export_settings(plan, max_seq_len=max_seq_len, quant=quant, log=log)
     with progress("export", n_stages(fmts)) as advance:
         m = export_package(model, out_dir, formats=fmts, max_seq_len=s.max_seq_len, max_chunk=max_chunk,
-                           force=force, quant=s.quant, log=log, advance=advance)
+                           force=force, quant=s.quant, log=log, advance=advance, draft_exit=draft_exit)
     if json_out:
         emit_json(m)
         return
@@ -47,6 +49,8 @@ def export(
         if kind == "executorch":
             extra = f", xnnpack {p['delegated_nodes']}/{p['total_nodes']} ops in {p['delegate_calls']} delegates"
         out.print(f"{kind}: {out_dir}/{p['file']} ({p['size'] / 1e6:.1f} MB{extra})", markup=False)
+    for name, d in m.get("drafts", {}).items():
+        out.print(f"draft {name}: {out_dir}/{d['file']} ({d['size'] / 1e6:.1f} MB, weights duplicated)", markup=False)
     out.print(f"package {out_dir}: max_seq_len {m['max_seq_len']}, max_chunk {m['max_chunk']}, "
               f"{len(m['files'])} files; build {sum(m['build']['stage_seconds'].values()):.1f} s", markup=False)
 

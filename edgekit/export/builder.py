@@ -156,7 +156,8 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
                    formats: str | Iterable[str] = "executorch", max_seq_len: int | None = None,
                    max_chunk: int = 32, force: bool = False, quant: QuantHook | None = None,
                    log: Callable[[str], None] | None = None,
-                   advance: Callable[[int], None] | None = None, verify: bool = True) -> dict[str, Any]:
+                   advance: Callable[[int], None] | None = None, verify: bool = True,
+                   draft_exit: int | None = None) -> dict[str, Any]:
     """Build a package directory at ``out`` and return its manifest.
 
     Args:
@@ -168,6 +169,9 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         quant: optional hook applied in the transform stage (see ``QuantHook``).
         log / advance: stage log lines and progress callback (the CLI sends both to stderr).
         verify: check the programs against the golden outputs before publishing ``out``.
+        draft_exit: also write an early-exit draft program of the first ``draft_exit`` layers
+            (``draft_ee{K}.pte``, and ONNX when exporting ONNX; manifest ``drafts``, see
+            ``edgekit/export/draft.py``).
 
     Raises:
         UserError: bad arguments, existing ``out`` without ``force``.
@@ -210,6 +214,12 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
             from edgekit.export.onnx import export_onnx
 
             programs["onnx"] = export_onnx(model, tmp, log=st.log, stage=st)
+        drafts: dict[str, Any] = {}
+        if draft_exit is not None:
+            from edgekit.export.draft import draft_name, export_draft_programs
+
+            drafts[draft_name(draft_exit)] = export_draft_programs(model, tmp, draft_exit, max_chunk, fmts,
+                                                                   log=st.log, stage=st)
         with st("write"):
             tok_info = save_tokenizer(lm.tokenizer, tmp)
             manifest = {
@@ -229,6 +239,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
                 "abi": EDGEKIT_ABI,
                 "quantization": qconf,
                 "programs": programs,
+                **({"drafts": drafts} if drafts else {}),
                 "golden": gold,
                 "build": {"stage_seconds": st.times, "torch": torch.__version__,
                           "executorch": _version("executorch"), "onnx": _version("onnx"),
