@@ -99,11 +99,15 @@ class SpecMemo:
     ``layers`` layers (+ head); by default the planner's roofline on ``target`` when given, else
     a memory-bound model (cost grows 2% per extra token). ``draft_cost_layers``: layers a draft
     step runs (early exit: K; a separate draft: its cost in target-layer equivalents).
+    ``draft_weight_bytes``: weights the drafter adds (0 for an eager early exit; an exported
+    early-exit draft program duplicates its K layers + head). ``draft_kv_layers``: layers of a
+    KV cache the drafter holds apart from the target's (an exported early-exit program: K).
     """
 
     def __init__(self, args: ModelArgs, budget_bytes: int, *, weight_bytes: int,
                  draft_kind: str = "none", exit_layer: int = 0, draft_weight_bytes: int = 0,
-                 draft_cost_layers: float | None = None, kv_bytes: float = 4, grow_chunk: int = 64,
+                 draft_cost_layers: float | None = None, draft_kv_layers: int = 0,
+                 kv_bytes: float = 4, grow_chunk: int = 64,
                  keep: float = 0.96, runtime: RuntimeSpec | None = None, target=None,
                  prefill_chunk: int = 64) -> None:
         self.args = args
@@ -112,7 +116,8 @@ class SpecMemo:
         self.weight_bytes = weight_bytes
         self.draft_kind = draft_kind
         self.exit_layer = exit_layer
-        self.draft_weight_bytes = draft_weight_bytes
+        self.draft_weight_bytes = draft_weight_bytes  # a package's draft program: its own weights
+        self.draft_kv_layers = draft_kv_layers  # an exported early-exit draft's own KV layers
         self.draft_layers = draft_cost_layers if draft_cost_layers is not None else (
             exit_layer if draft_kind == "early-exit" else args.n_layers / 4)
         self.kv_bytes = kv_bytes
@@ -152,6 +157,9 @@ class SpecMemo:
             from edgekit.runtime.engine import HEAD_ROWS
 
             terms["logits.verify"] = HEAD_ROWS * self.args.vocab_size * 4
+        if spec is not None and self.draft_kv_layers:
+            a = self.args
+            terms["kv_cache.draft"] = int(rows * self.draft_kv_layers * 2 * a.n_kv_heads * a.head_dim * self.kv_bytes)
         terms["weights"] = self.weight_bytes + self.draft_weight_bytes
         return terms
 

@@ -60,6 +60,43 @@ class Package:
         return OnnxBackend(path, self.args.n_layers, self.manifest["max_seq_len"], self.args.vocab_size,
                            max_chunk=self.manifest["max_chunk"], threads=threads)
 
+    @property
+    def drafts(self) -> dict[str, Any]:
+        """Draft programs written with the package (manifest ``drafts``), e.g. ``early-exit:2``."""
+        return dict(self.manifest.get("drafts") or {})
+
+    def draft_backend(self, name: str, kind: str | None = None, threads: int | None = None):
+        """A fresh backend over the draft program ``name`` (e.g. ``early-exit:2``), with its own
+        KV cache. Raises ``UserError`` when the package has no such draft or not in ``kind``."""
+        from edgekit.runtime.backends import ExecuTorchBackend, OnnxBackend
+
+        d = self.drafts.get(name)
+        if d is None:
+            have = ", ".join(self.drafts) or "none"
+            k = name.partition(":")[2] or "K"
+            raise UserError(f"package {self.dir} has no {name} draft program (drafts: {have})",
+                            f"re-export with `edgekit export ... --draft-exit {k}`")
+        kind = kind or (self.kinds[0] if self.kinds else "executorch")
+        prog = d.get("programs", {}).get(kind)
+        if prog is None:
+            raise UserError(f"package {self.dir} has no {kind} program for the {name} draft "
+                            f"(it has {', '.join(d.get('programs', {})) or 'none'})",
+                            "use another --backend or re-export with --format both")
+        path = self.dir / prog["file"]
+        if kind == "executorch":
+            return ExecuTorchBackend(path, threads=threads, custom_ops=bool(prog.get("custom_ops")))
+        return OnnxBackend(path, int(d["n_layers"]), self.manifest["max_seq_len"], self.args.vocab_size,
+                           max_chunk=self.manifest["max_chunk"], threads=threads)
+
+    def draft_path(self, name: str) -> Path:
+        """The ExecuTorch file of draft ``name`` (for the native runner)."""
+        d = self.drafts.get(name)
+        if d is None or "executorch" not in d.get("programs", {}):
+            k = name.partition(":")[2] or "K"
+            raise UserError(f"package {self.dir} has no ExecuTorch {name} draft program",
+                            f"re-export with `edgekit export ... --draft-exit {k}`")
+        return self.dir / d["programs"]["executorch"]["file"]
+
     def engine(self, kind: str | None = None, threads: int | None = None):
         from edgekit.runtime.engine import Engine
 

@@ -76,9 +76,11 @@ class ChatSession:
 
     ``lm``: a loaded checkpoint (eager target; the KV cache grows per turn as SpecMemo sizes it)
     or ``package``: an exported package (ExecuTorch / onnxruntime target; its KV size was fixed
-    at export, so the budget is checked against it). Package targets draft with a separate
-    draft package (``draft`` = its path; a w4/w8 package of the same model is the quantized
-    self-draft) and verify chains; early-exit and tree drafting need the eager target for now.
+    at export, so the budget is checked against it). Package targets verify chains with a
+    separate draft package (``draft`` = its path; a w4/w8 package of the same model is the
+    quantized self-draft) or with the package's own early-exit draft program
+    (``draft="early-exit:K"``, written by ``edgekit export --draft-exit K``; its weights and
+    K-layer cache count in the budget); tree drafting needs the eager target for now.
     """
 
     lm: LoadedModel | None = None
@@ -109,13 +111,21 @@ class ChatSession:
         self.kind = kind
         self.drafter = None
         extra = 0
-        if not self.resizable and kind in ("early-exit", "self-quant"):
+        if not self.resizable and kind == "self-quant":
             raise UserError(f"--draft {self.draft} needs the eager target",
-                            "pass the checkpoint instead of the package, or a draft package path")
+                            "export a --quant w4g32/w8 package of the same model and pass its path as --draft")
         if not self.resizable and self.spec is not None and self.spec.tree is not None:
             raise UserError("tree verification runs on the eager target only for now",
                             "drop --tree (chains work on packages) or pass the checkpoint")
-        if kind == "early-exit":
+        draft_kv_layers = 0
+        if kind == "early-exit" and not self.resizable:
+            # The package's early-exit program: own weights and own K-layer cache, re-synced by
+            # common prefix like any separate draft.
+            name = f"early-exit:{arg}"
+            self.drafter = ModelDrafter(self.package.draft_backend(name, self.backend, self.threads))
+            extra = int(self.package.drafts[name].get("weight_bytes") or self.package.drafts[name]["size"])
+            draft_kv_layers = arg
+        elif kind == "early-exit":
             self.drafter = ModelDrafter(EarlyExitBackend(self.lm.model, arg), shared_with=self.engine)
         elif kind == "self-quant":
             self.drafter = ModelDrafter(EagerBackend(quantized_copy(self.lm.model, bits=arg)))
@@ -125,12 +135,13 @@ class ChatSession:
             if getattr(self.drafter.backend, "vocab_size", args.vocab_size) != args.vocab_size:
                 raise UserError("the draft's vocabulary differs from the target's",
                                 "use a draft that shares the target's tokenizer")
-            if kind != "early-exit":
+            if kind not in ("early-exit",):
                 extra = self._backend_weight_bytes(self.drafter.backend)
         budget = int(self.budget_mb * MIB) if self.budget_mb else None
         weights = model_weight_bytes(self.lm.model) if self.resizable else self.package.weight_bytes()
         self.memo = SpecMemo(args, budget or (1 << 62), weight_bytes=weights, draft_kind=kind,
-                             exit_layer=arg, draft_weight_bytes=extra, grow_chunk=self.grow_chunk)
+                             exit_layer=arg, draft_weight_bytes=extra, draft_kv_layers=draft_kv_layers,
+                             grow_chunk=self.grow_chunk)
         self.managed = budget is not None
         self.memo.check_plain(prompt=1, max_new=1)  # before any allocation
         if not self.resizable:
