@@ -302,7 +302,8 @@ def program_info(pte_path: str | os.PathLike, threads: int | None = None, timeou
 
 def generate_native(pte_path: str | os.PathLike, prompt_ids: Sequence[int], max_new_tokens: int,
                     stop_ids: Iterable[int] | None = None, threads: int | None = None,
-                    timeout: float | None = 600) -> dict:
+                    timeout: float | None = 600, draft_pte: str | os.PathLike | None = None,
+                    draft_k: int = 4) -> dict:
     """Greedy generation in the native runner.
 
     Args:
@@ -311,10 +312,16 @@ def generate_native(pte_path: str | os.PathLike, prompt_ids: Sequence[int], max_
         max_new_tokens: at most this many new tokens.
         stop_ids: stop tokens (not emitted); None -> the program's ``get_eos_id()``; ``()`` -> none.
         threads: ExecuTorch/XNNPACK threadpool size; None -> the runtime's default.
+        draft_pte: a draft program (e.g. a package's ``draft_ee{K}.pte`` or another package's
+            ``model.pte`` with the same vocabulary): greedy chain speculative decoding with
+            ``draft_k`` drafted tokens per target forward (``draft_k + 1 <= max_chunk``); the
+            tokens are the same as without it.
     Returns:
         dict with ``tokens`` (new ids), ``stop_reason`` (eos|length|context), ``prompt_tokens``,
         ``new_tokens``, ``prefill_ms``, ``ttft_ms``, ``decode_ms`` (after the first token),
-        ``prefill_tok_s``, ``decode_tok_s``, ``load_ms``, ``peak_rss_mib``, ``threads``, ``meta``.
+        ``prefill_tok_s``, ``decode_tok_s``, ``load_ms``, ``peak_rss_mib``, ``threads``, ``meta``;
+        with a draft also ``steps`` (target verifications), ``tau`` (tokens per verification),
+        ``draft_ms``, ``verify_ms``, ``draft_k``, ``draft_meta``.
     Raises:
         PackageError: missing/corrupt .pte or ABI mismatch. UserError: bad ids or prompt too long.
         NativeBuildError: the runner could not be built. InternalError: runtime failure.
@@ -327,13 +334,24 @@ def generate_native(pte_path: str | os.PathLike, prompt_ids: Sequence[int], max_
     if stop_ids is not None:
         stop = list(stop_ids)
         args += ["--stop-ids", _ids(stop) if stop else "none"]
+    args += _draft_args(draft_pte, draft_k)
     return _run(args, timeout)
 
 
+def _draft_args(draft_pte: str | os.PathLike | None, draft_k: int) -> list[str]:
+    if draft_pte is None:
+        return []
+    if int(draft_k) < 1:
+        raise UserError(f"draft_k {draft_k} < 1", "use a draft length of at least 1")
+    return ["--draft", os.fspath(draft_pte), "--draft-k", str(int(draft_k))]
+
+
 def bench_native(pte_path: str | os.PathLike, prompt_ids: Sequence[int], gen_len: int, reps: int,
-                 threads: int | None = None, timeout: float | None = 600) -> dict:
+                 threads: int | None = None, timeout: float | None = 600,
+                 draft_pte: str | os.PathLike | None = None, draft_k: int = 4) -> dict:
     """Benchmark prefill and decode in the native runner: one uncounted warm-up, then ``reps``
-    generations of exactly ``gen_len`` tokens (stop tokens ignored).
+    generations of exactly ``gen_len`` tokens (stop tokens ignored); with ``draft_pte`` each
+    run is speculative (per-run ``steps``, ``tau``, ``draft_ms``, ``verify_ms``).
 
     Returns a dict with ``runs`` (per-rep prefill_ms, decode_ms, ttft_ms, prefill_tok_s,
     decode_tok_s), ``{median,min,max}`` summaries of each under the same keys, ``peak_rss_mib``,
@@ -346,6 +364,7 @@ def bench_native(pte_path: str | os.PathLike, prompt_ids: Sequence[int], gen_len
         raise UserError(f"reps {reps} < 1", "use at least one repetition")
     args = [*_common(pte_path, threads), "--prompt-ids", _ids(prompt_ids),
             "--max-new-tokens", str(int(gen_len)), "--bench", str(int(reps))]
+    args += _draft_args(draft_pte, draft_k)
     return _run(args, timeout)
 
 

@@ -61,6 +61,14 @@ struct GenerateStats {
   double ttft_ms = 0;     // prompt in -> first new token chosen
   double decode_ms = 0;   // after the first token until the last one
   std::string stop_reason;  // "eos" | "length" | "context"
+  // Speculative decoding only (generate_spec): target verification forwards, tokens they
+  // yielded (accepted drafts + the bonus token, before stop/length truncation), and the time
+  // spent in draft forwards (incl. re-syncing its cache) and in verification forwards.
+  int64_t steps = 0;
+  int64_t accepted = 0;
+  double draft_ms = 0;
+  double verify_ms = 0;
+  double tau() const { return steps > 0 ? static_cast<double>(accepted) / steps : 0.0; }
 };
 
 class Runner {
@@ -85,6 +93,18 @@ class Runner {
   Status generate(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                   const std::vector<int64_t>& stop_ids, bool ignore_stop,
                   std::vector<int64_t>* out, GenerateStats* stats);
+
+  // Greedy chain speculative decoding with `draft` (another loaded edgekit program with the
+  // same vocabulary, e.g. an early-exit draft_ee{K}.pte or a quantized copy): per step the
+  // draft proposes `draft_k` tokens greedily from its own cache (re-synced by position: rows
+  // past the accepted prefix are stale and overwritten, the bonus token is fed next), the
+  // target verifies [last, d1..dk] in one forward (k + 1 <= max_chunk), the longest prefix
+  // where the target's argmax equals the draft token is accepted plus the target's next token,
+  // and decoding continues at start + accepted + 1 (rollback = position). Output tokens equal
+  // generate()'s. Fills stats->steps/accepted/draft_ms/verify_ms.
+  Status generate_spec(Runner* draft, const std::vector<int64_t>& prompt, int64_t max_new_tokens,
+                       int64_t draft_k, const std::vector<int64_t>& stop_ids, bool ignore_stop,
+                       std::vector<int64_t>* out, GenerateStats* stats);
 
  private:
   struct Impl;

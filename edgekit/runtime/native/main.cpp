@@ -2,13 +2,16 @@
 //
 //   edgekit_runner --model model.pte --prompt-ids 1,403,9 [--max-new-tokens 64]
 //                  [--stop-ids 2|none] [--threads N] [--bench REPS] [--info] [--verbose]
+//                  [--draft draft.pte [--draft-k 4]]
 //
 // Prints one JSON object on stdout. On failure prints one line
 // "error: ... | hint: ..." on stderr and exits with the edgekit::Code value (see
 // edgekit_runner.h). --stop-ids defaults to the program's get_eos_id(). --bench REPS runs one
 // uncounted warm-up generation then REPS timed ones of exactly --max-new-tokens tokens (stop
 // ids ignored) and reports each rep plus median/min/max. --info only loads the program and
-// prints its metadata.
+// prints its metadata. --draft runs greedy chain speculative decoding with that draft program
+// (same tokens as without it) and adds "draft", "draft_k", "steps", "tau", "draft_ms" and
+// "verify_ms" to the output.
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -28,7 +31,8 @@ using edgekit::Status;
 
 const char* kUsage =
     "usage: edgekit_runner --model PATH.pte --prompt-ids ID,ID,... [--max-new-tokens N] "
-    "[--stop-ids ID,...|none] [--threads N] [--bench REPS] [--info] [--verbose]";
+    "[--stop-ids ID,...|none] [--threads N] [--bench REPS] [--info] [--verbose] "
+    "[--draft DRAFT.pte [--draft-k K]]";
 
 int fail(const Status& s) {
   std::string line = "error: " + s.message;
@@ -141,7 +145,8 @@ int run(int argc, char** argv) {
   std::string model;
   std::vector<int64_t> prompt, stop_ids;
   bool stop_given = false, stop_none = false, info = false, verbose = false;
-  long long max_new = 64, threads = 0, bench = 0;
+  long long max_new = 64, threads = 0, bench = 0, draft_k = 4;
+  std::string draft_path;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* v) -> bool {
@@ -157,6 +162,11 @@ int run(int argc, char** argv) {
       verbose = true;
     } else if (a == "--info") {
       info = true;
+    } else if (a == "--draft") {
+      if (!value(&draft_path)) return fail(bad_args("--draft needs a path"));
+    } else if (a == "--draft-k") {
+      if (!value(&v) || !parse_int(v, 1, 1 << 20, &draft_k))
+        return fail(bad_args("--draft-k needs an integer >= 1"));
     } else if (a == "--model") {
       if (!value(&model)) return fail(bad_args("--model needs a path"));
     } else if (a == "--prompt-ids") {
@@ -191,6 +201,22 @@ int run(int argc, char** argv) {
   Status s = runner.load(model, static_cast<int>(threads));
   if (!s.ok()) return fail(s);
   const auto& m = runner.meta();
+  edgekit::Runner draft;
+  if (!draft_path.empty()) {
+    s = draft.load(draft_path, static_cast<int>(threads));
+    if (!s.ok()) return fail(s);
+  }
+  auto gen = [&](bool ignore_stop, std::vector<int64_t>* o, edgekit::GenerateStats* g) {
+    if (draft_path.empty()) return runner.generate(prompt, max_new, stop_ids, ignore_stop, o, g);
+    return runner.generate_spec(&draft, prompt, max_new, draft_k, stop_ids, ignore_stop, o, g);
+  };
+  auto spec_json = [&](const edgekit::GenerateStats& g) -> std::string {
+    if (draft_path.empty()) return "";
+    return ", \"draft\": " + json_str(draft_path) + ", \"draft_meta\": " + meta_json(draft.meta()) +
+           ", \"draft_k\": " + std::to_string(draft_k) + ", \"steps\": " + std::to_string(g.steps) +
+           ", \"tau\": " + num(g.tau()) + ", \"draft_ms\": " + num(g.draft_ms) +
+           ", \"verify_ms\": " + num(g.verify_ms);
+  };
   std::string head = "{\"runner\": \"edgekit_runner\", \"model\": " + json_str(model) +
                      ", \"meta\": " + meta_json(m) + ", \"threads\": " +
                      std::to_string(runner.threads()) + ", \"load_ms\": " + num(runner.load_ms());
@@ -204,13 +230,13 @@ int run(int argc, char** argv) {
   std::vector<int64_t> out;
   edgekit::GenerateStats st;
   if (bench == 0) {
-    s = runner.generate(prompt, max_new, stop_ids, false, &out, &st);
+    s = gen(false, &out, &st);
     if (!s.ok()) return fail(s);
     std::printf("%s, \"mode\": \"generate\", \"prompt_ids\": %s, \"stop_ids\": %s, \"tokens\": %s, "
-                "\"stop_reason\": %s, %s, \"peak_rss_mib\": %s}\n",
+                "\"stop_reason\": %s, %s%s, \"peak_rss_mib\": %s}\n",
                 head.c_str(), ids_json(prompt).c_str(), ids_json(stop_ids).c_str(),
                 ids_json(out).c_str(), json_str(st.stop_reason).c_str(), stats_json(st).c_str(),
-                num(edgekit::peak_rss_mib()).c_str());
+                spec_json(st).c_str(), num(edgekit::peak_rss_mib()).c_str());
     return 0;
   }
 
@@ -224,12 +250,12 @@ int run(int argc, char** argv) {
     return fail(c);
   }
   // Warm-up: first-touch of weights and planned memory, XNNPACK packing, thread start-up.
-  s = runner.generate(prompt, max_new, stop_ids, true, &out, &st);
+  s = gen(true, &out, &st);
   if (!s.ok()) return fail(s);
   std::vector<double> prefill, decode, ttft, prefill_rate, decode_rate;
   std::string runs = "[";
   for (long long r = 0; r < bench; ++r) {
-    s = runner.generate(prompt, max_new, stop_ids, true, &out, &st);
+    s = gen(true, &out, &st);
     if (!s.ok()) return fail(s);
     prefill.push_back(st.prefill_ms);
     decode.push_back(st.decode_ms);
@@ -237,7 +263,7 @@ int run(int argc, char** argv) {
     prefill_rate.push_back(rate(static_cast<double>(st.prompt_tokens), st.prefill_ms));
     decode_rate.push_back(rate(static_cast<double>(std::max<int64_t>(st.new_tokens - 1, 0)), st.decode_ms));
     if (r) runs += ", ";
-    runs += "{" + stats_json(st) + "}";
+    runs += "{" + stats_json(st) + spec_json(st) + "}";
   }
   runs += "]";
   auto sum_json = [](const std::vector<double>& v) {

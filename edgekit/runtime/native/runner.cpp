@@ -133,7 +133,9 @@ struct Runner::Impl {
   }
 
   // Runs tokens[0..n) at cache slots pos.. and returns the logits row of the last token.
-  Status run_forward(const int64_t* tokens, int64_t n, int64_t pos, const float** last_row) {
+  // `all_rows` (optional) receives the first row: the logits of all n tokens are contiguous.
+  Status run_forward(const int64_t* tokens, int64_t n, int64_t pos, const float** last_row,
+                     const float** all_rows = nullptr) {
     std::copy(tokens, tokens + n, tok_buf.begin());
     for (int64_t i = 0; i < n; ++i) pos_buf[i] = pos + i;
     TensorImpl::SizesType tok_sizes[2] = {1, static_cast<TensorImpl::SizesType>(n)};
@@ -171,7 +173,23 @@ struct Runner::Impl {
                   "re-export the package with this edgekit version");
     }
     *last_row = logits.const_data_ptr<float>() + (n - 1) * meta.vocab_size;
+    if (all_rows != nullptr) *all_rows = logits.const_data_ptr<float>();
     return Status::Ok();
+  }
+
+  // Feeds tokens[0..n) from cache slot pos in chunks of max_chunk; last_row as run_forward.
+  Status run_chunked(const int64_t* tokens, int64_t n, int64_t pos, const float** last_row) {
+    for (int64_t i = 0; i < n; i += meta.max_chunk) {
+      int64_t c = std::min<int64_t>(meta.max_chunk, n - i);
+      Status r = run_forward(tokens + i, c, pos + i, last_row);
+      if (!r.ok()) return r;
+    }
+    return Status::Ok();
+  }
+
+  int64_t argmax(const float* row) const {
+    // Greedy: first index of the maximum, as torch.argmax.
+    return static_cast<int64_t>(std::max_element(row, row + meta.vocab_size) - row);
   }
 };
 
@@ -339,6 +357,148 @@ Status Runner::generate(const std::vector<int64_t>& prompt, int64_t max_new_toke
     pos += 1;
   }
   stats->decode_ms = first ? 0.0 : ms_since(t1);
+  stats->new_tokens = static_cast<int64_t>(out->size());
+  return Status::Ok();
+}
+
+Status Runner::generate_spec(Runner* draft, const std::vector<int64_t>& prompt,
+                             int64_t max_new_tokens, int64_t draft_k,
+                             const std::vector<int64_t>& stop_ids, bool ignore_stop,
+                             std::vector<int64_t>* out, GenerateStats* stats) {
+  Impl& s = *impl_;
+  if (s.forward == nullptr || draft == nullptr || draft->impl_->forward == nullptr) {
+    return make(Code::kRuntime, "generate_spec() before a successful load() of target and draft");
+  }
+  Impl& d = *draft->impl_;
+  const ProgramMeta& m = s.meta;
+  if (d.meta.vocab_size != m.vocab_size) {
+    return make(Code::kBadArgs,
+                "draft " + d.name + " has vocabulary " + std::to_string(d.meta.vocab_size) +
+                    ", target " + std::to_string(m.vocab_size),
+                "use a draft exported from a model with the target's tokenizer");
+  }
+  if (d.meta.max_seq_len < m.max_seq_len) {
+    return make(Code::kBadArgs,
+                "draft " + d.name + " holds " + std::to_string(d.meta.max_seq_len) +
+                    " cache rows, fewer than the target's " + std::to_string(m.max_seq_len),
+                "export the draft with the target's --max-seq-len");
+  }
+  if (draft_k < 1 || draft_k + 1 > m.max_chunk) {
+    return make(Code::kBadArgs,
+                "--draft-k " + std::to_string(draft_k) + ": a verification of k + 1 tokens must fit "
+                "the target's max_chunk " + std::to_string(m.max_chunk),
+                "use --draft-k between 1 and " + std::to_string(m.max_chunk - 1));
+  }
+  if (prompt.empty()) return make(Code::kBadArgs, "empty prompt", "pass at least one token id");
+  if (max_new_tokens < 1) {
+    return make(Code::kBadArgs, "max_new_tokens must be >= 1", "pass --max-new-tokens 1 or more");
+  }
+  for (int64_t id : prompt) {
+    if (id < 0 || id >= m.vocab_size) {
+      return make(Code::kBadArgs,
+                  "prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                      std::to_string(m.vocab_size) + ")",
+                  "encode the prompt with the package's tokenizer");
+    }
+  }
+  if (static_cast<int64_t>(prompt.size()) > m.max_seq_len) {
+    return make(Code::kContext,
+                "prompt of " + std::to_string(prompt.size()) + " tokens exceeds max_seq_len " +
+                    std::to_string(m.max_seq_len),
+                "shorten the prompt or re-export with a larger --max-seq-len");
+  }
+  out->clear();
+  out->reserve(static_cast<size_t>(max_new_tokens));
+  *stats = GenerateStats();
+  stats->prompt_tokens = static_cast<int64_t>(prompt.size());
+  auto is_stop = [&](int64_t t) {
+    return !ignore_stop && std::find(stop_ids.begin(), stop_ids.end(), t) != stop_ids.end();
+  };
+
+  // ctx: every token of the sequence; the target cache holds rows for ctx[0..pos), the draft
+  // cache for ctx[0..draft_fed). ctx.back() is never in the target cache yet.
+  std::vector<int64_t> ctx(prompt.begin(), prompt.end());
+  ctx.reserve(prompt.size() + static_cast<size_t>(max_new_tokens) + static_cast<size_t>(draft_k) + 1);
+  std::vector<int64_t> verify(static_cast<size_t>(draft_k) + 1), drafted, fresh;
+  const float* row = nullptr;
+  auto t0 = Clock::now();
+  Status r = s.run_chunked(prompt.data(), static_cast<int64_t>(prompt.size()), 0, &row);
+  if (!r.ok()) return r;
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  int64_t draft_fed = 0;
+  stats->prefill_ms = ms_since(t0);
+  stats->stop_reason = "length";
+  int64_t first = s.argmax(row);
+  auto t1 = Clock::now();
+  stats->ttft_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  if (is_stop(first)) {
+    stats->stop_reason = "eos";
+    return Status::Ok();
+  }
+  out->push_back(first);
+  ctx.push_back(first);
+  bool done = static_cast<int64_t>(out->size()) >= max_new_tokens;
+  while (!done) {
+    int64_t start = pos;  // == ctx.size() - 1
+    int64_t room = m.max_seq_len - start - 1;
+    if (room < 2) {
+      stats->stop_reason = "context";
+      break;
+    }
+    int64_t k = std::min<int64_t>(draft_k, room - 1);
+    // Draft: re-sync (feed what its cache lacks, incl. the last bonus token), then k greedy steps.
+    auto td = Clock::now();
+    const float* drow = nullptr;
+    r = d.run_chunked(ctx.data() + draft_fed, static_cast<int64_t>(ctx.size()) - draft_fed,
+                      draft_fed, &drow);
+    if (!r.ok()) return r;
+    drafted.clear();
+    for (int64_t i = 0; i < k; ++i) {
+      int64_t t = d.argmax(drow);
+      drafted.push_back(t);
+      if (i + 1 < k) {
+        r = d.run_forward(&t, 1, start + 1 + i, &drow);
+        if (!r.ok()) return r;
+      }
+    }
+    stats->draft_ms += ms_since(td);
+    // Verify [last, d1..dk] in one target forward.
+    auto tv = Clock::now();
+    verify[0] = ctx.back();
+    std::copy(drafted.begin(), drafted.end(), verify.begin() + 1);
+    const float* rows = nullptr;
+    r = s.run_forward(verify.data(), k + 1, start, &row, &rows);
+    if (!r.ok()) return r;
+    fresh.clear();
+    int64_t a = 0;
+    for (; a < k; ++a) {
+      int64_t tgt = s.argmax(rows + a * m.vocab_size);
+      fresh.push_back(tgt);
+      if (tgt != drafted[static_cast<size_t>(a)]) break;
+    }
+    if (a == k) fresh.push_back(s.argmax(rows + k * m.vocab_size));  // bonus token
+    stats->verify_ms += ms_since(tv);
+    stats->steps += 1;
+    stats->accepted += static_cast<int64_t>(fresh.size());
+    // Rows kept: last + the a accepted drafts; the newest token is fed next step.
+    pos = start + static_cast<int64_t>(fresh.size());
+    // The draft wrote rows for last, d1..d(k-1) at start..start+k-1; those matching ctx stay.
+    draft_fed = start + 1 + std::min<int64_t>(a, k - 1);
+    for (int64_t t : fresh) {
+      if (is_stop(t)) {
+        stats->stop_reason = "eos";
+        done = true;
+        break;
+      }
+      out->push_back(t);
+      ctx.push_back(t);
+      if (static_cast<int64_t>(out->size()) == max_new_tokens) {
+        done = true;
+        break;
+      }
+    }
+  }
+  stats->decode_ms = ms_since(t1);
   stats->new_tokens = static_cast<int64_t>(out->size());
   return Status::Ok();
 }
