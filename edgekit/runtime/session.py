@@ -193,6 +193,14 @@ class ChatSession:
     def kv_rows(self) -> int:
         return self.lm.model.cache_len if self.resizable else self.args.max_seq_len
 
+    def reset(self) -> None:
+        """Forget the conversation (a new one starts at cache slot 0); allocations are kept."""
+        self.engine.reset()
+        if self.drafter is not None:
+            self.drafter.fed = []
+        self.history, self.pending, self.turns = [], [], []
+        self.memo.rows_used = 0
+
     def turn(self, text: str, max_new_tokens: int = 64, on_token=None) -> GenerationResult:
         """Append ``text`` (after any pending token) and generate; the KV of earlier turns stays."""
         first = not self.history and not self.pending
