@@ -145,3 +145,101 @@ def bench_package(package, backend: str = "executorch", prompt_len: int = 64, ge
     res["package"] = str(pkg.dir)
     res["threads"] = threads or torch.get_num_threads()
     return res
+
+
+def bench_spec(package, draft: str, budget_mb: float | None = None, backend: str | None = None,
+               prompt: str = "Once upon a time", gen_len: int = 64, reps: int = 3,
+               threads: int | None = None, draft_k: int | None = None, tree: str | None = None,
+               native: bool = False) -> dict[str, Any]:
+    """Speculative decoding bench of a package with ``draft`` (``early-exit:K`` | a draft package
+    path | ``self-quant:..`` for eager) under an optional budget.
+
+    The acceptance length depends on the text, so a real prompt is used (not random ids). Each of
+    ``reps`` counted runs (after one warm-up) resets the session and generates ``gen_len``
+    tokens greedily (stops honoured); plain greedy decoding on the same target is timed the
+    same way for the speedup. Returns ``tau`` (tokens per verification), ``decode_tok_s``,
+    ``plain_decode_tok_s`` and ``speedup`` (each ``{median, min, max}``), the accounted memory
+    (``memory``: bytes per SpecMemo term, ``generation_bytes``) and the measured one
+    (``peak_rss_mib``; ``baseline_rss_mib`` = peak before the session was opened;
+    ``generation_rss_mib`` = peak - baseline - weights).
+    """
+    from edgekit.cli.chat import open_session
+    from edgekit.runtime.engine import SamplingConfig
+
+    if gen_len < 2 or reps < 1:
+        raise UserError(f"bad bench sizes (gen_len {gen_len}, reps {reps})", "use --gen-len >= 2, --reps >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    base_rss = peak_rss_mib()
+    s = open_session(str(package), draft=draft, budget_mb=budget_mb, tree=tree, draft_k=draft_k,
+                     sampling=SamplingConfig(), backend=backend, threads=threads)
+    runs = []
+    nat = dp = None
+    if native:
+        from edgekit.runtime.run import native_draft_path, native_module
+
+        if s.resizable or tree:
+            raise UserError("--native benches a package's ExecuTorch programs with chains",
+                            "pass a package and drop --tree")
+        nat = native_module()
+        dp = native_draft_path(s.package, draft)
+        ids = s.tokenizer.encode(prompt)
+        k = draft_k or 4
+        r = nat.bench_native(s.package.program_path("executorch"), ids, gen_len, reps, threads=threads,
+                             draft_pte=dp, draft_k=k)
+        plain = nat.bench_native(s.package.program_path("executorch"), ids, gen_len, reps, threads=threads)
+        from edgekit.runtime.spec import SpecConfig
+
+        s.current_spec = SpecConfig(k=k)
+        for x, p in zip(r["runs"], plain["runs"]):
+            runs.append({"tau": x["tau"], "steps": x["steps"], "decode_tok_s": x["decode_tok_s"],
+                         "plain_decode_tok_s": p["decode_tok_s"], "draft_ms": x["draft_ms"],
+                         "verify_ms": x["verify_ms"]})
+        rss = r.get("peak_rss_mib") or 0
+        # Baseline of the runner process: runtime + the target program loaded (no generation).
+        base_rss = nat.program_info(s.package.program_path("executorch"), threads=threads).get("peak_rss_mib") or 0
+        spec_label = f"chain k={k}"
+    else:
+        spec_label = "none"
+        for rep in range(reps + 1):  # rep 0 is the warm-up
+            s.reset()
+            res = s.turn(prompt, gen_len)
+            rec = s.turns[-1]
+            spec_label = rec.spec
+            s.reset()
+            pr = s.engine.generate(s.tokenizer.encode(prompt, bos=True), gen_len)
+            s.engine.reset()
+            if rep == 0:
+                continue
+            runs.append({"tau": rec.tau, "steps": getattr(res, "steps", 0),
+                         "decode_tok_s": res.timings.to_dict()["decode_tok_s"],
+                         "plain_decode_tok_s": pr.timings.to_dict()["decode_tok_s"],
+                         "new_tokens": len(res.tokens), "same_tokens": res.tokens == pr.tokens})
+        rss = peak_rss_mib()
+    for x in runs:
+        x["speedup"] = (x["decode_tok_s"] / x["plain_decode_tok_s"]
+                        if x["decode_tok_s"] and x["plain_decode_tok_s"] else None)
+    rep_mem = s.report()
+    weights = rep_mem["memory"].get("weights", 0)
+    out: dict[str, Any] = {"package": str(package), "draft": draft, "backend": "native" if native else s.engine.backend.name,
+                           "spec": spec_label, "prompt": prompt, "gen_len": gen_len, "reps": reps,
+                           "budget_mb": budget_mb, "runs": runs}
+    for key in ("tau", "decode_tok_s", "plain_decode_tok_s", "speedup"):
+        vals = [x[key] for x in runs if x.get(key) is not None]
+        out[key] = summarize(vals) if vals else None
+    out["memory"] = rep_mem
+    out["weights_mib"] = weights / (1 << 20)
+    out["peak_rss_mib"] = rss
+    out["baseline_rss_mib"] = base_rss
+    if native:
+        # The runner is its own process: baseline = its peak after loading the target only.
+        out["generation_rss_mib"] = rss - base_rss - s.memo.draft_weight_bytes / (1 << 20)
+        out["rss_note"] = ("native: peak RSS of the speculative runner minus the peak of a runner that only "
+                           "loaded the target program, minus the draft's weights")
+    else:
+        out["generation_rss_mib"] = rss - base_rss - weights / (1 << 20)
+        out["rss_note"] = ("peak RSS of this process minus its peak before the session opened minus weights; "
+                           "includes the runtime's own allocations and, for a package's early-exit draft, "
+                           "the draft program's duplicated weights are in weights")
+    out["threads"] = threads or torch.get_num_threads()
+    return out
