@@ -208,6 +208,16 @@ def markdown(res: dict) -> str:
             out.append(f"| {preset} | " + " | ".join(cells) + " |")
     elif mm.get("skipped"):
         out += ["", f"MiniLM-L6 skipped: {mm['skipped']}"]
+    out += ["", "Notes:",
+            "- stories260K's linears have K = 64 (dim) or 172 (hidden): a group of 128 covers a whole "
+            "K=64 row (per channel) and splits a 172 row into 128 + 44 (padded), so w2g128 is close to "
+            "per-channel there; small models lose far more to 2-bit weights than the 7B numbers in papers.md.",
+            "- The decoupleQ block stage keeps a block's update only if its calibration MSE drops; that is "
+            "no guarantee for held-out perplexity (see w4g32, where it is a hair worse).",
+            "- MiniLM: the 36 encoder linears are quantized (embeddings, LayerNorms, pooler fp32); no "
+            "block stage (it is written for the decoder blocks).",
+            "- Quantization times in quality.json were taken on a shared, heavily loaded 2-core box: "
+            "they are noisy, not benchmarks."]
     return "\n".join(out) + "\n"
 
 
@@ -225,7 +235,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin contention)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--markdown-only", type=Path, metavar="JSON", help="re-render quality.md from a JSON result")
     args = ap.parse_args()
+    if args.markdown_only:
+        res = json.loads(args.markdown_only.read_text())
+        (args.markdown_only.with_suffix(".md")).write_text(markdown(res))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.presets = ["w2g64", "w4g32"] if args.quick else PRESETS
