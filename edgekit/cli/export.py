@@ -21,6 +21,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
     plan: Annotated[Optional[str], typer.Option("--plan", help="plan.json from `edgekit plan --out`: its max_seq_len and preset (explicit flags win).")] = None,
     quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Weight preset applied with round-to-nearest: w2g64, w2g128, w3g64, w4g32, w4g128, w8 or fp32.")] = None,
+    method: Annotated[str, typer.Option("--method", help="Quantization method with --quant: rtn, gptq or decoupleq (the last two need --calib).")] = "rtn",
+    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text file for --method gptq/decoupleq.")] = None,
     draft_exit: Annotated[Optional[int], typer.Option("--draft-exit", min=1, help="Also write an early-exit draft program of the first K layers (draft_ee{K}.pte).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -32,12 +34,22 @@ def export(
       edgekit plan ../shared/models/stories260K --device raspberry-pi-5-8gb --out plan.json
       edgekit export ../shared/models/stories260K --plan plan.json --out out/stories-pi5
       edgekit export --out out/stories-ee --draft-exit 2
+      edgekit export ../shared/models/stories260K --quant w2g64 --method decoupleq --calib corpus.txt --out out/s-w2
+      edgekit quantize --preset w2g64 --out ckpt-w2 && edgekit export ckpt-w2 --out out/s-w2
     """
     from edgekit.export.builder import export_package, n_stages, parse_formats
     from edgekit.plan.apply import export_settings
 
     fmts = parse_formats(fmt)
     s = export_settings(plan, max_seq_len=max_seq_len, quant=quant, log=log)
+    if (method != "rtn" or calib is not None) and s.preset not in (None, "fp32"):
+        from edgekit.export.quant_hook import calibrated_quant_hook
+
+        s.quant = calibrated_quant_hook(s.preset, method, calib, head_bits=s.taken.get("head_bits"), log=log)
+    elif method != "rtn" or calib is not None:
+        from edgekit.errors import UserError
+
+        raise UserError("--method/--calib need a quantization preset", "add --quant w2g64 (or another preset)")
     with progress("export", n_stages(fmts)) as advance:
         m = export_package(model, out_dir, formats=fmts, max_seq_len=s.max_seq_len, max_chunk=max_chunk,
                            force=force, quant=s.quant, log=log, advance=advance, draft_exit=draft_exit)

@@ -196,7 +196,8 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         model = lm.model.eval()
         qconf = lm.quant
         if quant is not None:
-            qconf = quant(model)
+            # calibrated hooks (edgekit.export.quant_hook) also take the tokenizer
+            qconf = quant(model, lm.tokenizer) if getattr(quant, "wants_tokenizer", False) else quant(model)
     with st("golden"):
         gold = golden(model, lm.tokenizer)
         gold["tolerance"] = dict(FP32_TOL)
