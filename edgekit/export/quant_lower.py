@@ -8,22 +8,26 @@ dequantization on every call. For export, each packed linear is swapped, for the
   the C++ kernels in edgekit/kernels/cpu: AVX2/NEON for 2 and 4 bits, scalar for 3 and 8). The
   packed buffers go into the .pte unchanged; XNNPACK takes everything else.
 - ONNX (``lowered_for_onnx``): onnxruntime's ``com.microsoft::MatMulNBits`` through a
-  ``custom_translation_table`` for the placeholder ops ``edgekit::mnb_zp`` / ``edgekit::mnb_corr``.
+  ``custom_translation_table`` for the placeholder op ``edgekit::mnb``.
 
-ONNX mapping (layout.py ``W = s * u + z``, MatMulNBits ``W = scale * (u - zp)``):
+ONNX mapping (layout.py ``W = s * u + z``; MatMulNBits without zero points computes
+``W' = scale * (u - 2^(b-1))``):
 
-- 2 and 4 bits: ``B`` = our ``qweight`` viewed as ``[N, G, g * b / 8]`` (the same little-endian
-  codes, low bits first, rows padded to whole groups: byte-identical); ``scales = float(s)`` and
-  a float zero point ``zp = -float(z) / float(s)``. The file stores our fp16 ``s``/``z``; the
-  Cast/Div/Neg that make the fp32 inputs are folded by onnxruntime at session creation, so the
-  file keeps 2.5 bits per weight at g64. ``s * (u - zp)`` equals ``s * u + z`` up to one fp32
-  rounding (|error| <= ~2^-23 * (|z| + 2^b |s|)); a group with ``s == 0`` gets the smallest
-  fp16 subnormal as scale (error <= 2^-24 * (2^b - 1) ~ 2e-7).
-- 8 bits: MatMulNBits on CPU refuses float zero points at 8 bits, so the weight runs with the
-  default zero point 128 (``s * (u - 128)``) and the offset is added back exactly:
-  ``y += groupsum(x) @ (z + 128 s)^T`` (per channel: ``sum(x) * (z + 128 s)``). Per-channel
-  scales are repeated over MatMulNBits blocks (a power of two in [16, 256] dividing K, else 16
-  with zero-padded rows) -- exact.
+- ``B`` = our ``qweight`` viewed as ``[N, G, g * b / 8]``: the same little-endian codes (low bits
+  first) with rows padded to whole groups, byte-identical (checked against the layout's
+  reference in tests/test_quant_export.py); per-channel rows are cut into power-of-two blocks
+  with the scale repeated. ``scales = float32(s)``.
+- the float offset is added back exactly: ``W = W' + (z + 2^(b-1) s)``, so
+  ``y = A @ W'^T + groupsum(A) @ corr^T`` with ``corr = z + 2^(b-1) s`` fp32 [N, G] (a small
+  MatMul; A zero-padded to whole groups for the sums).
+- why not MatMulNBits' own zero points: float zero points (``zp = -z/s``, exact to one fp32
+  rounding, tried first) run a dequantizing slow path in onnxruntime 1.32 (20-35 ms for a
+  8192x576 weight vs < 1 ms) and are refused at 8 bits; uint8 zero points cannot hold ``-z/s``.
+- compute: ``accuracy_level`` 4 (int8-quantized activations; the only fast path for 2 and 8 bits
+  in onnxruntime 1.32) by default, so ONNX logits differ from the eager fp32 reference by the
+  activation rounding (~1e-3 relative); ``accuracy_level=0`` is exact to fp32 rounding but slow.
+- bytes: codes + fp32 scale + fp32 corr = 8 bytes per group (ours: 4, fp16): 3.0 bits per weight
+  at g64 instead of 2.5, 5.0 -> 6.0 at w4g32.
 - Other group sizes (not a power of two >= 16) raise ``UserError``.
 
 Example::
@@ -107,12 +111,15 @@ def lowered_for_executorch(model: nn.Module) -> Iterator[dict[str, Any]]:
 
 # --- ONNX ---------------------------------------------------------------------------------------
 
-_FP16_TINY = float(torch.finfo(torch.float16).tiny) * 2 ** -10  # smallest fp16 subnormal, 2^-24
+# MatMulNBits compute type: 4 = int8 activations (quantized per block, fp32 accumulation of
+# int products), 0 = fp32. Measured with onnxruntime 1.32 on x86 (2 threads, N=8192, K=576):
+# bits 2 -> 85 ms (level 0) vs 0.88 ms (level 4); bits 4 -> 1.36 vs 0.47 ms; bits 8 -> 56 vs 0.29
+# ms; float zero points take a dequantizing slow path at any level (16-35 ms).
+ACCURACY_LEVEL = 4
+
 _lib = torch.library.Library("edgekit", "FRAGMENT")
-_lib.define("mnb_zp(Tensor x, Tensor B, Tensor scale, Tensor zero, int K, int N, int bits, "
-            "int block_size) -> Tensor")
-_lib.define("mnb_corr(Tensor x, Tensor B, Tensor scale, Tensor corr, int K, int N, int bits, "
-            "int block_size, int corr_group) -> Tensor")
+_lib.define("mnb(Tensor x, Tensor xg, Tensor B, Tensor scale, Tensor corr, int K, int N, int bits, "
+            "int block_size, int corr_group, int accuracy_level) -> Tensor")
 
 
 def _unpack_blocks(B: torch.Tensor, bits: int, K: int) -> torch.Tensor:
@@ -124,36 +131,23 @@ def _unpack_blocks(B: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     return unpack_torch(flat, flat.shape[1] * 8 // bits, Layout(bits, None))[:, :K].to(torch.float32)
 
 
-def _mnb_zp_ref(x, B, scale, zero, K, N, bits, block_size):
-    # ORT semantics: W = scale * (u - zp), scale fp32, zp = -z / s (see the module docstring)
-    s = scale.to(torch.float32)
-    zp = -zero.to(torch.float32) / s  # (N, G)
-    u = _unpack_blocks(B, bits, K)
-    idx = torch.arange(K) // block_size
-    w = s[:, idx] * (u - zp[:, idx])
-    return torch.matmul(x.to(torch.float32), w.t())
-
-
-def _mnb_corr_ref(x, B, scale, corr, K, N, bits, block_size, corr_group):
-    s = scale.to(torch.float32)  # (N, n_blocks)
+def _mnb_ref(x, xg, B, scale, corr, K, N, bits, block_size, corr_group, accuracy_level):
+    # MatMulNBits without zero points: W = scale * (u - 2^(b-1)); then + groupsum(x) @ corr^T.
+    # (The eager reference computes in fp32; accuracy_level 4 in onnxruntime quantizes x to int8.)
+    s = scale.reshape(N, -1)  # (N, n_blocks) fp32
     u = _unpack_blocks(B, bits, K)
     idx = torch.arange(K) // block_size
     w = s[:, idx] * (u - float(1 << (bits - 1)))
-    xs = x.to(torch.float32).reshape(*x.shape[:-1], K // corr_group, corr_group).sum(-1)  # (..., Gc)
-    return torch.matmul(x.to(torch.float32), w.t()) + torch.matmul(xs, corr.to(torch.float32).t())
+    G = corr.shape[1]
+    xs = xg.to(torch.float32).reshape(*xg.shape[:-1], G, corr_group).sum(-1)  # (..., G)
+    return torch.matmul(x.to(torch.float32), w.t()) + torch.matmul(xs, corr.t())
 
 
-_lib.impl("mnb_zp", _mnb_zp_ref, "CompositeExplicitAutograd")
-_lib.impl("mnb_corr", _mnb_corr_ref, "CompositeExplicitAutograd")
+_lib.impl("mnb", _mnb_ref, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("edgekit::mnb_zp", lib=_lib)
-def _mnb_zp_fake(x, B, scale, zero, K, N, bits, block_size):
-    return x.new_empty((*x.shape[:-1], N), dtype=torch.float32)
-
-
-@torch.library.register_fake("edgekit::mnb_corr", lib=_lib)
-def _mnb_corr_fake(x, B, scale, corr, K, N, bits, block_size, corr_group):
+@torch.library.register_fake("edgekit::mnb", lib=_lib)
+def _mnb_fake(x, xg, B, scale, corr, K, N, bits, block_size, corr_group, accuracy_level):
     return x.new_empty((*x.shape[:-1], N), dtype=torch.float32)
 
 
@@ -165,54 +159,43 @@ def _pow2_block(K: int) -> int:
 
 
 class OnnxPackedLinear(nn.Module):
-    """A packed linear as MatMulNBits inputs (see the module docstring for the mapping)."""
+    """A packed linear as MatMulNBits inputs plus the offset correction (module docstring)."""
 
-    def __init__(self, m: _PackedLinear) -> None:
+    def __init__(self, m: _PackedLinear, accuracy_level: int = ACCURACY_LEVEL) -> None:
         super().__init__()
         lay, K, N = m.layout, m.in_features, m.out_features
         g, G = lay.group(K), lay.n_groups(K)
-        self.K, self.N, self.bits = K, N, lay.bits
-        if lay.bits in (2, 4):
-            if g < 16 or g & (g - 1):
-                raise UserError(f"group size {g} (K={K}) cannot map to onnxruntime MatMulNBits",
-                                "use a power-of-two group size >= 16 (w2g64, w4g32, ...)")
-            self.kind, self.block = "zp", g
-            self.register_buffer("B", m.qweight.view(N, G, g * lay.bits // 8))
-            s = m.scale.clone()
-            s[s == 0] = _FP16_TINY
-            self.register_buffer("scale", s)  # fp16 (N, G)
-            self.register_buffer("zero", m.zero)  # fp16 (N, G)
-        elif lay.bits == 8:
-            if G > 1 and K % g:
-                raise UserError(f"8-bit group size {g} does not divide K={K}; no MatMulNBits mapping",
-                                "use per-channel w8")
-            self.kind = "corr"
-            self.block = g if G > 1 and g >= 16 and not g & (g - 1) else _pow2_block(K)
-            if G > 1 and self.block != g:
-                raise UserError(f"8-bit group size {g} cannot map to MatMulNBits", "use per-channel w8")
-            nb = -(-K // self.block)
-            q = m.qweight
-            if nb * self.block != K:
-                q = torch.cat([q, torch.zeros(N, nb * self.block - K, dtype=torch.uint8)], 1)
-            self.register_buffer("B", q.reshape(N, nb, self.block))
-            # per-channel: one fp16 scale per row, repeated over blocks in the graph (Expand)
-            self.register_buffer("scale", m.scale)  # fp16 (N, G)
-            self.register_buffer("zero", m.zero)
-            self.corr_group = g if G > 1 else K
-        else:
+        self.K, self.N, self.bits, self.acc = K, N, lay.bits, int(accuracy_level)
+        if lay.bits not in (2, 4, 8):
             raise UserError(f"{lay.bits}-bit linears have no onnxruntime MatMulNBits mapping",
                             "export 2-, 4- or 8-bit quantized models to ONNX")
+        if G > 1 and (g < 16 or g & (g - 1)):
+            raise UserError(f"group size {g} (K={K}) cannot map to onnxruntime MatMulNBits",
+                            "use a power-of-two group size >= 16 (w2g64, w4g32, ...)")
+        # per channel (G == 1): MatMulNBits blocks of a power of two, the scale repeated (exact)
+        self.block = g if G > 1 else (_pow2_block(K) if lay.bits == 8 else 16 if K % 16 else _pow2_block(K))
+        nb = -(-K // self.block)
+        blob = self.block * lay.bits // 8
+        if G > 1:
+            q = m.qweight.view(N, G, blob)  # our rows are already whole groups
+        else:
+            codes_bytes = nb * blob
+            q = m.qweight
+            if q.shape[1] < codes_bytes:
+                q = torch.cat([q, torch.zeros(N, codes_bytes - q.shape[1], dtype=torch.uint8)], 1)
+            q = q[:, :codes_bytes].reshape(N, nb, blob)
+        self.register_buffer("B", q.contiguous())
+        sc = m.scale.float()  # (N, G)
+        self.register_buffer("scale", (sc if G > 1 else sc.expand(N, nb)).reshape(-1).contiguous())  # (N*nb)
+        self.register_buffer("corr", m.zero.float() + float(1 << (lay.bits - 1)) * sc)  # (N, G)
+        self.corr_group = g
+        self.pad = G * g - K  # x is zero-padded to whole groups for the group sums
         self.bias = None if m.bias is None else m.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "zp":
-            y = torch.ops.edgekit.mnb_zp(x, self.B, self.scale, self.zero, self.K, self.N, self.bits, self.block)
-        else:
-            nb = self.B.shape[1]
-            s = self.scale if self.scale.shape[1] == nb else self.scale.expand(self.N, nb)
-            corr = self.zero.float() + 128.0 * self.scale.float()  # (N, Gc)
-            y = torch.ops.edgekit.mnb_corr(x, self.B, s, corr, self.K, self.N, self.bits, self.block,
-                                           self.corr_group)
+        xg = torch.nn.functional.pad(x, (0, self.pad)) if self.pad else x
+        y = torch.ops.edgekit.mnb(x, xg, self.B, self.scale, self.corr, self.K, self.N, self.bits, self.block,
+                                  self.corr_group, self.acc)
         return y if self.bias is None else y + self.bias
 
 
@@ -238,31 +221,25 @@ def _translation_table() -> dict:
     # onnx has no schema for the contrib op: describe the part used here (onnxruntime's
     # contrib_defs MatMulNBits: A, B, scales, optional zero_points -> Y)
     matmul_nbits = onnxscript.values.Op(msft, "MatMulNBits", _matmul_nbits_schema())
-    FLOAT = 1  # onnx.TensorProto.FLOAT
 
-    def mnb_zp(x, B, scale, zero, K: int, N: int, bits: int, block_size: int):
-        s = op.Cast(scale, to=FLOAT)
-        zp = op.Neg(op.Div(op.Cast(zero, to=FLOAT), s))
-        s1, zp1 = op.Reshape(s, op.Constant(value_ints=[-1])), op.Reshape(zp, op.Constant(value_ints=[-1]))
-        return matmul_nbits(x, B, s1, zp1, K=K, N=N, bits=bits, block_size=block_size, accuracy_level=0)
-
-    def mnb_corr(x, B, scale, corr, K: int, N: int, bits: int, block_size: int, corr_group: int):
-        s1 = op.Reshape(op.Cast(scale, to=FLOAT), op.Constant(value_ints=[-1]))
-        y = matmul_nbits(x, B, s1, K=K, N=N, bits=bits, block_size=block_size, accuracy_level=0)
-        shp = op.Concat(op.Slice(op.Shape(x), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1])),
-                        op.Constant(value_ints=[K // corr_group, corr_group]), axis=0)
-        xs = op.ReduceSum(op.Reshape(x, shp), op.Constant(value_ints=[-1]), keepdims=0)  # (..., Gc)
+    def mnb(x, xg, B, scale, corr, K: int, N: int, bits: int, block_size: int, corr_group: int,
+            accuracy_level: int):
+        y = matmul_nbits(x, B, scale, K=K, N=N, bits=bits, block_size=block_size,
+                         accuracy_level=accuracy_level)
+        shp = op.Concat(op.Slice(op.Shape(xg), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1])),
+                        op.Constant(value_ints=[-1, corr_group]), axis=0)
+        xs = op.ReduceSum(op.Reshape(xg, shp), op.Constant(value_ints=[-1]), keepdims=0)  # (..., G)
         return op.Add(y, op.MatMul(xs, op.Transpose(corr, perm=[1, 0])))
 
-    return {torch.ops.edgekit.mnb_zp.default: mnb_zp, torch.ops.edgekit.mnb_corr.default: mnb_corr}
+    return {torch.ops.edgekit.mnb.default: mnb}
 
 
 @contextmanager
-def lowered_for_onnx(model: nn.Module) -> Iterator[dict | None]:
+def lowered_for_onnx(model: nn.Module, accuracy_level: int = ACCURACY_LEVEL) -> Iterator[dict | None]:
     """Swap packed linears for MatMulNBits placeholders; yields the ``custom_translation_table``
     for ``torch.onnx.export`` (None when the model has no packed linears)."""
     if not packed_linears(model):
         yield None
         return
-    with _swapped(model, OnnxPackedLinear):
+    with _swapped(model, lambda m: OnnxPackedLinear(m, accuracy_level)):
         yield _translation_table()
