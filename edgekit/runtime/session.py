@@ -143,7 +143,8 @@ class ChatSession:
                              exit_layer=arg, draft_weight_bytes=extra, draft_kv_layers=draft_kv_layers,
                              grow_chunk=self.grow_chunk)
         self.managed = budget is not None
-        self.memo.check_plain(prompt=1, max_new=1)  # before any allocation
+        if self.resizable:
+            self.memo.check_plain(prompt=1, max_new=1)  # before any allocation
         if not self.resizable:
             self.memo.rows = args.max_seq_len
             if self.managed:  # the exported cache is static: it must fit as it is
