@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,41 @@ def predict_package(package: str | os.PathLike, target: Target | None = None, *,
 # exec: measured straight from a large process (one that imported torch) every child would report
 # at least the parent's peak.
 _WRAPPER = """
-import os, subprocess, sys
+import os, subprocess, sys, time
+t0 = time.perf_counter()
 p = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(p.pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+wall = time.perf_counter() - t0
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {wall}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+@dataclass
+class RunStats:
+    """A finished command: exit status, output, its own peak RSS (bytes), CPU seconds (user +
+    system) and wall seconds. ``cpu_s / wall_s`` of a one-thread program is the share of a core
+    it got: below 1 when other processes took the CPU from it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss: int
+    cpu_s: float
+    wall_s: float
+
+
 def peak_rss(argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
              cwd: str | os.PathLike | None = None) -> tuple[int, str, str, int]:
-    """Run ``argv`` to completion and return ``(returncode, stdout, stderr, peak_rss_bytes)``.
+    """Run ``argv`` to completion and return ``(returncode, stdout, stderr, peak_rss_bytes)``
+    (:func:`run_measured` without the CPU times)."""
+    r = run_measured(argv, env=env, timeout=timeout, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr, r.peak_rss
+
+
+def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
+                 cwd: str | os.PathLike | None = None) -> RunStats:
+    """Run ``argv`` to completion and return its :class:`RunStats`.
 
     The peak is the child's own ``ru_maxrss`` from ``wait4`` in a small wrapper process (so no
     polling misses a short spike, and the caller's own size does not leak into the number).
@@ -129,6 +154,6 @@ def peak_rss(argv: list[str], *, env: dict[str, str] | None = None, timeout: flo
         if not rss_file.is_file():
             raise UserError(f"could not measure the peak RSS of {' '.join(argv[:4])} ...",
                             r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "check the command")
-        kib = int(rss_file.read_text())
+        kib, cpu, wall = rss_file.read_text().split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return r.returncode, r.stdout, r.stderr, kib * scale
+    return RunStats(r.returncode, r.stdout, r.stderr, int(kib) * scale, float(cpu), float(wall))
