@@ -54,7 +54,9 @@ def main() -> None:
     EDGEKIT_DEBUG=1."""
     debug = os.environ.get("EDGEKIT_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except EdgekitError as e:
         if debug:
             raise
