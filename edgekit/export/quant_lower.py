@@ -23,9 +23,10 @@ ONNX mapping (layout.py ``W = s * u + z``; MatMulNBits without zero points compu
 - why not MatMulNBits' own zero points: float zero points (``zp = -z/s``, exact to one fp32
   rounding, tried first) run a dequantizing slow path in onnxruntime 1.32 (20-35 ms for a
   8192x576 weight vs < 1 ms) and are refused at 8 bits; uint8 zero points cannot hold ``-z/s``.
-- compute: ``accuracy_level`` 4 (int8-quantized activations; the only fast path for 2 and 8 bits
-  in onnxruntime 1.32) by default, so ONNX logits differ from the eager fp32 reference by the
-  activation rounding (~1e-3 relative); ``accuracy_level=0`` is exact to fp32 rounding but slow.
+- compute: ``accuracy_level`` 0 (fp32) by default: exact to fp32 rounding, greedy tokens equal
+  the eager model's, fast at 4 bits but slow at 2 and 8 bits in onnxruntime 1.32; level 4
+  (``ACCURACY_LEVEL = 4``: int8-quantized activations, the only fast path for 2 and 8 bits)
+  changes logits by the activation rounding (~1e-2 relative) and fails exact verification.
 - bytes: codes + fp32 scale + fp32 corr = 8 bytes per group (ours: 4, fp16): 3.0 bits per weight
   at g64 instead of 2.5, 5.0 -> 6.0 at w4g32.
 - Other group sizes (not a power of two >= 16) raise ``UserError``.
@@ -111,11 +112,12 @@ def lowered_for_executorch(model: nn.Module) -> Iterator[dict[str, Any]]:
 
 # --- ONNX ---------------------------------------------------------------------------------------
 
-# MatMulNBits compute type: 4 = int8 activations (quantized per block, fp32 accumulation of
-# int products), 0 = fp32. Measured with onnxruntime 1.32 on x86 (2 threads, N=8192, K=576):
-# bits 2 -> 85 ms (level 0) vs 0.88 ms (level 4); bits 4 -> 1.36 vs 0.47 ms; bits 8 -> 56 vs 0.29
-# ms; float zero points take a dequantizing slow path at any level (16-35 ms).
-ACCURACY_LEVEL = 4
+# MatMulNBits compute type: 0 = fp32 (exact to fp32 rounding: packages verify against the eager
+# model), 4 = int8 activations (quantized per block; stories260K's first argmax already differs).
+# Measured with onnxruntime 1.32 on x86 (2 threads, N=8192, K=576): bits 2 -> 85 ms (level 0) vs
+# 0.88 ms (level 4); bits 4 -> 1.36 vs 0.47 ms; bits 8 -> 56 vs 0.29 ms; float zero points take a
+# dequantizing slow path at any level (16-35 ms). Read at export time: set it to 4 for speed.
+ACCURACY_LEVEL = 0
 
 _lib = torch.library.Library("edgekit", "FRAGMENT")
 _lib.define("mnb(Tensor x, Tensor xg, Tensor B, Tensor scale, Tensor corr, int K, int N, int bits, "
@@ -161,11 +163,12 @@ def _pow2_block(K: int) -> int:
 class OnnxPackedLinear(nn.Module):
     """A packed linear as MatMulNBits inputs plus the offset correction (module docstring)."""
 
-    def __init__(self, m: _PackedLinear, accuracy_level: int = ACCURACY_LEVEL) -> None:
+    def __init__(self, m: _PackedLinear, accuracy_level: int | None = None) -> None:
         super().__init__()
         lay, K, N = m.layout, m.in_features, m.out_features
         g, G = lay.group(K), lay.n_groups(K)
-        self.K, self.N, self.bits, self.acc = K, N, lay.bits, int(accuracy_level)
+        self.K, self.N, self.bits = K, N, lay.bits
+        self.acc = int(ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
         if lay.bits not in (2, 4, 8):
             raise UserError(f"{lay.bits}-bit linears have no onnxruntime MatMulNBits mapping",
                             "export 2-, 4- or 8-bit quantized models to ONNX")
@@ -235,7 +238,7 @@ def _translation_table() -> dict:
 
 
 @contextmanager
-def lowered_for_onnx(model: nn.Module, accuracy_level: int = ACCURACY_LEVEL) -> Iterator[dict | None]:
+def lowered_for_onnx(model: nn.Module, accuracy_level: int | None = None) -> Iterator[dict | None]:
     """Swap packed linears for MatMulNBits placeholders; yields the ``custom_translation_table``
     for ``torch.onnx.export`` (None when the model has no packed linears)."""
     if not packed_linears(model):
