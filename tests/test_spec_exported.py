@@ -168,3 +168,30 @@ def test_bench_spec_reports_tau_speed_and_memory(pkgs):
     assert all(x["same_tokens"] for x in r["runs"])
     assert r["memory"]["generation_bytes"] > 0 and "kv_cache.draft" in r["memory"]["memory"]
     assert r["peak_rss_mib"] > 0 and "generation_rss_mib" in r
+
+
+@pytest.fixture(scope="module")
+def tree_pkg(stories_dir, tmp_path_factory):
+    from edgekit.export.builder import export_package
+
+    out = tmp_path_factory.mktemp("spec_tree") / "target"
+    export_package(stories_dir, out, formats="executorch", max_seq_len=128, draft_exit=EXIT, tree_verify=True)
+    return out
+
+
+def test_tree_verification_in_the_exported_program(tree_pkg, pkgs):
+    pkg = load_package(tree_pkg)
+    m = pkg.manifest
+    assert m["programs"]["executorch"]["tree_methods"]["shared_kv"] is True
+    ids = pkg.tokenizer.encode(PROMPT)
+    want = pkg.engine("executorch").generate(ids, N).tokens
+    s = ChatSession(package=pkg, draft=f"early-exit:{EXIT}", spec=SpecConfig(tree=(4, 16)), backend="executorch")
+    r = s.turn(PROMPT, N)
+    assert r.tokens == want
+    assert r.tau > 1.5
+    # SpecMemo may pick trees for this package (T <= max_chunk); output unchanged
+    s2 = ChatSession(package=pkg, draft=f"early-exit:{EXIT}", budget_mb=8, backend="executorch")
+    assert s2.turn(PROMPT, N).tokens == want
+    with pytest.raises(UserError) as e:  # a program without the methods says how to get them
+        ChatSession(package=load_package(pkgs[0]), draft=f"early-exit:{EXIT}", spec=SpecConfig(tree=(4, 16)))
+    assert "--tree-verify" in e.value.hint

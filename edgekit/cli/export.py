@@ -23,6 +23,7 @@ def export(
     quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Weight preset applied with round-to-nearest: w2g64, w2g128, w3g64, w4g32, w4g128, w8 or fp32.")] = None,
     method: Annotated[str, typer.Option("--method", help="Quantization method with --quant: rtn, gptq or decoupleq (the last two need --calib).")] = "rtn",
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text file for --method gptq/decoupleq.")] = None,
+    tree_verify: Annotated[bool, typer.Option("--tree-verify", help="ExecuTorch programs also get verify_tree/compact methods (tree speculative decoding), sharing the KV cache with forward.")] = False,
     draft_exit: Annotated[Optional[int], typer.Option("--draft-exit", min=1, help="Also write an early-exit draft program of the first K layers (draft_ee{K}.pte).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -52,7 +53,8 @@ def export(
         raise UserError("--method/--calib need a quantization preset", "add --quant w2g64 (or another preset)")
     with progress("export", n_stages(fmts)) as advance:
         m = export_package(model, out_dir, formats=fmts, max_seq_len=s.max_seq_len, max_chunk=max_chunk,
-                           force=force, quant=s.quant, log=log, advance=advance, draft_exit=draft_exit)
+                           force=force, quant=s.quant, log=log, advance=advance, draft_exit=draft_exit,
+                           tree_verify=tree_verify)
     if json_out:
         emit_json(m)
         return

@@ -157,7 +157,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
                    max_chunk: int = 32, force: bool = False, quant: QuantHook | None = None,
                    log: Callable[[str], None] | None = None,
                    advance: Callable[[int], None] | None = None, verify: bool = True,
-                   draft_exit: int | None = None) -> dict[str, Any]:
+                   draft_exit: int | None = None, tree_verify: bool = False) -> dict[str, Any]:
     """Build a package directory at ``out`` and return its manifest.
 
     Args:
@@ -172,6 +172,8 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         draft_exit: also write an early-exit draft program of the first ``draft_exit`` layers
             (``draft_ee{K}.pte``, and ONNX when exporting ONNX; manifest ``drafts``, see
             ``edgekit/export/draft.py``).
+        tree_verify: ExecuTorch programs (target and draft) also get ``verify_tree`` and
+            ``compact`` methods sharing the KV buffers with ``forward`` (``edgekit/export/tree.py``).
 
     Raises:
         UserError: bad arguments, existing ``out`` without ``force``.
@@ -210,7 +212,13 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         if "executorch" in fmts:
             from edgekit.export.executorch import export_executorch
 
-            programs["executorch"] = export_executorch(model, tmp / PTE_FILE, max_chunk, log=st.log, stage=st)
+            if tree_verify:
+                from edgekit.export.tree import export_executorch_tree
+
+                with st("export[executorch+tree]"):
+                    programs["executorch"] = export_executorch_tree(model, tmp / PTE_FILE, max_chunk, log=st.log)
+            else:
+                programs["executorch"] = export_executorch(model, tmp / PTE_FILE, max_chunk, log=st.log, stage=st)
         if "onnx" in fmts:
             from edgekit.export.onnx import export_onnx
 
@@ -220,7 +228,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
             from edgekit.export.draft import draft_name, export_draft_programs
 
             drafts[draft_name(draft_exit)] = export_draft_programs(model, tmp, draft_exit, max_chunk, fmts,
-                                                                   log=st.log, stage=st)
+                                                                   log=st.log, stage=st, tree=tree_verify)
         with st("write"):
             tok_info = save_tokenizer(lm.tokenizer, tmp)
             manifest = {

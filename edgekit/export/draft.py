@@ -62,7 +62,7 @@ def early_exit_model(model: torch.nn.Module, k: int) -> torch.nn.Module:
 
 def export_draft_programs(model: torch.nn.Module, out_dir: Path, k: int, max_chunk: int,
                           formats: tuple[str, ...], log: Callable[[str], None] | None = None,
-                          stage: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                          stage: Callable[[str], Any] | None = None, tree: bool = False) -> dict[str, Any]:
     """Write ``draft_ee{k}.pte`` (when ``executorch`` in ``formats``) and ``draft_ee{k}/model.onnx``
     (when ``onnx``) into ``out_dir``; returns the manifest's ``drafts[early-exit:k]`` entry."""
     from edgekit.export.builder import weight_bytes
@@ -75,8 +75,13 @@ def export_draft_programs(model: torch.nn.Module, out_dir: Path, k: int, max_chu
         from edgekit.export.executorch import export_executorch
 
         name = f"draft_ee{k}.pte"
-        info = export_executorch(d, out_dir / name, max_chunk, log=log,
-                                 stage=(lambda s: stage(f"{s}[draft ee{k}]")) if stage else None)
+        if tree:  # verify_tree/compact methods: the drafter grows token trees too
+            from edgekit.export.tree import export_executorch_tree
+
+            info = export_executorch_tree(d, out_dir / name, max_chunk, log=log)
+        else:
+            info = export_executorch(d, out_dir / name, max_chunk, log=log,
+                                     stage=(lambda s: stage(f"{s}[draft ee{k}]")) if stage else None)
         info["sha256"] = sha256_file(out_dir / name)
         entry["programs"]["executorch"] = info
         entry.update(file=name, size=info["size"], sha256=info["sha256"])

@@ -75,6 +75,44 @@ class ExecuTorchBackend:
         self.vocab_size = self.constant("get_vocab_size")
         self.n_layers = self.constant("get_n_layers")
         self.method = self.program.load_method("forward")
+        # Programs exported with --tree-verify: verify_tree/compact share forward's KV buffers
+        # (host methods of one loaded program share one set of memory arenas).
+        self.supports_tree = {"verify_tree", "compact"} <= names
+        self._verify = self.program.load_method("verify_tree") if self.supports_tree else None
+        self._compact = self.program.load_method("compact") if self.supports_tree else None
+
+    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int],
+                     rows: list[int] | None = None, argmax_only: bool = False) -> torch.Tensor:
+        """Logits (T, V) of a token tree at slots start_pos..start_pos+T-1 (node i sees the
+        prefix and its ancestors, RoPE at start_pos + depth); ``rows`` / ``argmax_only`` as
+        ``EagerBackend.forward_tree``. Needs a program exported with ``--tree-verify``."""
+        from edgekit.runtime.spec import tree_depths, tree_visibility
+
+        if not self.supports_tree:
+            raise UserError(f"{self.path} has no verify_tree method", "re-export with `edgekit export --tree-verify`")
+        n = len(tokens)
+        if not 1 <= n <= self.max_chunk:
+            raise UserError(f"a tree of {n} nodes; this program verifies 1..{self.max_chunk}",
+                            f"use --tree B,T with T <= {self.max_chunk}")
+        _check_fits(start_pos, n, self.max_seq_len)
+        mask = torch.zeros(n, self.max_seq_len, dtype=torch.bool)  # (T, S)
+        mask[:, :start_pos] = True
+        mask[:, start_pos:start_pos + n] = tree_visibility(parents)
+        rope = start_pos + torch.tensor(tree_depths(parents), dtype=torch.long)
+        t = torch.tensor([tokens], dtype=torch.long)
+        pos = torch.arange(start_pos, start_pos + n, dtype=torch.long)
+        logits = self._verify.execute([t, pos, mask, rope])[0][0]  # (T, V)
+        if argmax_only:
+            return logits.argmax(-1)
+        return logits if rows is None else logits[rows]
+
+    def compact(self, start_pos: int, nodes: list[int]) -> None:
+        """Move cache rows start_pos+nodes[i] to start_pos+i (the accepted tree path)."""
+        if not self.supports_tree:
+            raise UserError(f"{self.path} has no compact method", "re-export with `edgekit export --tree-verify`")
+        src = torch.tensor(nodes, dtype=torch.long) + start_pos
+        dst = torch.arange(start_pos, start_pos + len(nodes), dtype=torch.long)
+        self._compact.execute([src, dst])
 
     def constant(self, name: str) -> int:
         return int(self.program.load_method(name).execute([])[0])

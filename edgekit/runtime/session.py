@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from edgekit.errors import BudgetError, UserError
 from edgekit.models.load import LoadedModel
 from edgekit.runtime.engine import EagerBackend, Engine, GenerationResult, SamplingConfig
-from edgekit.runtime.memory import CHAINS, MIB, SpecMemo, model_weight_bytes
+from edgekit.runtime.memory import CHAINS, MIB, TREES, SpecMemo, model_weight_bytes
 from edgekit.runtime.spec import EarlyExitBackend, ModelDrafter, SpecConfig, SpecDecoder
 
 
@@ -114,9 +114,10 @@ class ChatSession:
         if not self.resizable and kind == "self-quant":
             raise UserError(f"--draft {self.draft} needs the eager target",
                             "export a --quant w4g32/w8 package of the same model and pass its path as --draft")
-        if not self.resizable and self.spec is not None and self.spec.tree is not None:
-            raise UserError("tree verification runs on the eager target only for now",
-                            "drop --tree (chains work on packages) or pass the checkpoint")
+        tree_ok = self.resizable or getattr(self.engine.backend, "supports_tree", False)
+        if not tree_ok and self.spec is not None and self.spec.tree is not None:
+            raise UserError("this package's program cannot verify trees",
+                            "re-export with `edgekit export --tree-verify`, drop --tree, or pass the checkpoint")
         draft_kv_layers = 0
         if kind == "early-exit" and not self.resizable:
             # The package's early-exit program: own weights and own K-layer cache, re-synced by
@@ -131,6 +132,15 @@ class ChatSession:
             self.drafter = ModelDrafter(EagerBackend(quantized_copy(self.lm.model, bits=arg)))
         elif kind == "model":
             self.drafter = ModelDrafter(self._load_draft(self.draft))
+        self.tree_ok = tree_ok and (self.drafter is None or self.resizable
+                                    or getattr(self.drafter.backend, "supports_tree", False))
+        if self.spec is not None and self.spec.tree is not None and not self.resizable:
+            if not self.tree_ok:
+                raise UserError("the draft program cannot grow trees",
+                                "re-export the draft with --tree-verify, or use a chain (--draft-k)")
+            if self.spec.tree[1] > self.engine.backend.max_chunk:
+                raise UserError(f"tree of {self.spec.tree[1]} nodes > the program's max_chunk "
+                                f"{self.engine.backend.max_chunk}", "use a smaller --tree B,T")
         if self.drafter is not None:
             if getattr(self.drafter.backend, "vocab_size", args.vocab_size) != args.vocab_size:
                 raise UserError("the draft's vocabulary differs from the target's",
@@ -209,7 +219,10 @@ class ChatSession:
         self.memo.rows_used = len(self.history)
         spec = self.spec
         if self.drafter is not None and spec is None:
-            opts = None if self.resizable else CHAINS
+            opts = None
+            if not self.resizable:
+                mc = self.engine.backend.max_chunk
+                opts = [o for o in CHAINS + (TREES if self.tree_ok else []) if o.tokens_per_step <= mc]
             spec = self.memo.choose(len(self.history) + len(ids) + max_new_tokens, opts)
         self.current_spec = spec
         if self.resizable and self.managed:
