@@ -85,8 +85,9 @@ BACKENDS: dict[str, BackendInfo] = {
         "cpu", 0.75, 0.6, 15e-6, _ALL, "fp32", "fp32",
         "llama.cpp/ExecuTorch CPU decode reaches 60-85% of STREAM bandwidth; XNNPACK GEMM ~60% of "
         "measured peak; 2/3-bit through edgekit's own CPU kernels. Checked by "
-        "benchmarks/bench_plan_vs_measured.py (edgekit run/bench, 1 thread, AMD EPYC Zen 4 KVM): fp32 "
-        "SmolLM2-135M decode streams 20-32 GB/s of the 24-39 GB/s best streaming rate, i.e. 0.65-0.85; "
+        "benchmarks/bench_plan_vs_measured.py (edgekit run/bench, 1 thread, AMD EPYC Zen 4 KVM shared with "
+        "other jobs): fp32 SmolLM2-135M decode streamed 0.62-0.94 of the best streaming rate of the same "
+        "run at load 6-11 (0.34-0.42 in two runs where the profile caught a quieter moment than the bench); "
         "score_s 6.5 ns from stories260K's step time at S=1024 vs S=256 (+240 us for 30,720 more "
         "scores per step; its 1.3 MB of weights stay in the LLC)",
         score_s=6.5e-9),
