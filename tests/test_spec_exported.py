@@ -192,6 +192,12 @@ def test_tree_verification_in_the_exported_program(tree_pkg, pkgs):
     # SpecMemo may pick trees for this package (T <= max_chunk); output unchanged
     s2 = ChatSession(package=pkg, draft=f"early-exit:{EXIT}", budget_mb=8, backend="executorch")
     assert s2.turn(PROMPT, N).tokens == want
+    # the native runner (chains) runs the multi-method programs' forward unchanged
+    from edgekit.runtime.native import generate_native
+
+    nat = generate_native(pkg.program_path("executorch"), ids, N, pkg.tokenizer.eos_ids,
+                          draft_pte=pkg.draft_path(f"early-exit:{EXIT}"), draft_k=4)
+    assert nat["tokens"] == want
     with pytest.raises(UserError) as e:  # a program without the methods says how to get them
         ChatSession(package=load_package(pkgs[0]), draft=f"early-exit:{EXIT}", spec=SpecConfig(tree=(4, 16)))
     assert "--tree-verify" in e.value.hint
