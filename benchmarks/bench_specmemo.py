@@ -46,8 +46,23 @@ def _load(model: str):
         for p in m.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.02)
-    tok = load_model().tokenizer  # any tokenizer: prompts only need ids < vocab
-    return LoadedModel(m, tok, args, Source("random", "random"))
+    return LoadedModel(m, _IdsTokenizer(load_model().tokenizer, args.vocab_size), args, Source("random", "random"))
+
+
+class _IdsTokenizer:
+    """stories260K's encoder for prompts (ids < 512 fit any vocabulary); decodes ids as text
+    of numbers, since a random model's tokens have no text."""
+
+    kind = "ids"
+
+    def __init__(self, tok, vocab_size: int) -> None:
+        self.tok, self.bos_id, self.eos_ids, self.vocab_size = tok, tok.bos_id, [], vocab_size
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        return self.tok.encode(text, bos)
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
 
 
 def run_setting(model: str, setting: str, budget_mb: float | None, k_exit: int, max_new: int) -> dict:

@@ -24,6 +24,6 @@ edgekit run "$OUT" --prompt "Once upon a time" -n 48 --native
 step "speculative run under a memory budget (SpecMemo)"
 edgekit run "$OUT" --prompt "Once upon a time" -n 48 --draft early-exit:4 --budget-mb 1024
 step "bench: native runner, ExecuTorch (Python), onnxruntime"
-edgekit bench "$OUT" --native --reps 3 --plan out/plan.json
-edgekit bench "$OUT" --reps 3 --plan out/plan.json
-edgekit bench "$OUT" --backend onnx --reps 3 --plan out/plan.json
+edgekit bench "$OUT" --native --reps 3 --profile out/host.json
+edgekit bench "$OUT" --reps 3 --profile out/host.json
+edgekit bench "$OUT" --backend onnx --reps 3 --profile out/host.json

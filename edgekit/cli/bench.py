@@ -23,6 +23,7 @@ def bench(
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="With --spec: fixed chain length (default: SpecMemo's choice; native: 4).")] = None,
     tree: Annotated[Optional[str], typer.Option("--tree", help="With --spec: tree drafting BRANCH,NODES (eager targets).")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="With --spec: the prompt (acceptance depends on real text).")] = "Once upon a time",
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Device profile (e.g. `edgekit profile --out`): print the planner's predictions beside the measurements.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Benchmark a package: TTFT, prefill and decode tok/s (median, min-max over reps), peak RSS, GB/s.
@@ -44,6 +45,13 @@ def bench(
     log(f"benchmarking {package} ({'native' if native else backend}) ...")
     r = bench_package(package, backend=backend, prompt_len=prompt_len, gen_len=gen_len, reps=reps,
                       threads=threads, native=native)
+    pred = {}
+    if profile and backend in ("executorch", "onnx"):
+        from edgekit.plan.check import predicted_for_bench
+
+        pred = predicted_for_bench(package, profile, kind=backend, native=native, prompt_len=prompt_len,
+                                   gen_len=gen_len, threads=r.get("threads"))
+        r["predicted"] = pred
     if json_out:
         emit_json(r)
         return
@@ -51,18 +59,25 @@ def bench(
 
     t = Table(title=f"bench {package} [{r['backend']}] prompt {prompt_len}, gen {gen_len}, "
                     f"{reps} reps, {r['threads']} threads")
-    for c in ("metric", "median", "min", "max"):
+    cols = ("metric", "median", "min", "max") + (("predicted",) if pred else ())
+    for c in cols:
         t.add_column(c, justify="right" if c != "metric" else "left")
     for k, label in (("ttft_ms", "TTFT (ms)"), ("prefill_tok_s", "prefill tok/s"),
                      ("decode_tok_s", "decode tok/s"), ("gb_s", "achieved GB/s")):
         if k in r:
             s = r[k]
-            t.add_row(label, f"{s['median']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}")
+            row = [label, f"{s['median']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}"]
+            if pred:
+                row.append(f"{pred[k]:.2f}" if pred.get(k) is not None else "")
+            t.add_row(*row)
     out.print(t)
     wb = r.get("weight_bytes")
     rss = r.get("peak_rss_mib")
-    out.print(f"weight bytes {wb / 1e6:.1f} MB, peak RSS {rss:.0f} MiB" if wb and rss else
-              f"weight bytes {wb}, peak RSS {rss}", markup=False)
+    line = (f"weight bytes {wb / 1e6:.1f} MB, peak RSS {rss:.0f} MiB" if wb and rss else
+            f"weight bytes {wb}, peak RSS {rss}")
+    if pred:
+        line += f" (predicted {pred['peak_rss_mib']:.0f} MiB on {pred['device']})"
+    out.print(line, markup=False)
 
 
 def _bench_spec(package: str, draft: str, *, json_out: bool, **kw) -> None:

@@ -157,3 +157,22 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
         kib, cpu, wall = rss_file.read_text().split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return RunStats(r.returncode, r.stdout, r.stderr, int(kib) * scale, float(cpu), float(wall))
+
+
+def predicted_for_bench(package: str | os.PathLike, device: str, *, kind: str = "executorch",
+                        native: bool = False, prompt_len: int = 64, gen_len: int = 64,
+                        threads: int | None = None) -> dict[str, Any]:
+    """What the planner predicts for an ``edgekit bench`` run of ``package`` on ``device`` (a
+    catalog name or profile JSON, e.g. the host's ``edgekit profile --out``): peak memory (MiB)
+    and decode tok/s / TTFT, for printing beside the measured numbers."""
+    from edgekit.plan.roofline import resolve_target
+    from edgekit.profile import find_profile
+
+    backend = "xnnpack" if kind == "executorch" else "onnxruntime"
+    target = resolve_target(find_profile(device), backend, threads)
+    p = predict_package(package, target, kind=kind, runtime="native" if native else "python",
+                        prompt_len=prompt_len, gen_len=gen_len)
+    sp = p["speed"]
+    return {"device": device, "peak_rss_mib": p["memory"].total / 2**20,
+            "decode_tok_s": sp.decode_tok_s if sp else None,
+            "ttft_ms": sp.ttft_s * 1e3 if sp else None}
