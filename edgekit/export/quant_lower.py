@@ -83,7 +83,8 @@ class ETPackedLinear(nn.Module):
         import edgekit.kernels.ops  # noqa: F401  (registers the torch.library ops)
 
         self.op = getattr(torch.ops.edgekit, ET_OPS[m.layout.bits])
-        self.gs = int(m.layout.group_size) if m.layout.group_size is not None else -1
+        # The effective group never spans rows: min(group_size, K) (layout.py), as the packer uses.
+        self.gs = int(m.layout.group(m.in_features)) if m.layout.group_size is not None else -1
         self.in_features, self.out_features = m.in_features, m.out_features
         self.register_buffer("qweight", m.qweight)
         self.register_buffer("scale", m.scale)
