@@ -43,8 +43,10 @@ def stand_in_tokenizer(vocab: int) -> Llama2cTokenizer:
     return Llama2cTokenizer(pieces, [0.0] * vocab)
 
 
-def random_model(seq: int, seed: int = 0, n_layers: int | None = None) -> LoadedModel:
-    args = dataclasses.replace(SHAPES["smollm2-135m"], max_seq_len=seq)
+def random_model(seq: int, seed: int = 0, n_layers: int | None = None, shape: str = "smollm2-135m",
+                 **overrides) -> LoadedModel:
+    """A random-weight model of a real shape (HF init std 0.02), with a stand-in tokenizer."""
+    args = dataclasses.replace(SHAPES[shape], max_seq_len=seq, **overrides)
     if n_layers:  # smoke runs only; the report says so
         args = dataclasses.replace(args, n_layers=n_layers)
     torch.manual_seed(seed)
@@ -54,7 +56,7 @@ def random_model(seq: int, seed: int = 0, n_layers: int | None = None) -> Loaded
             if p.dim() == 2:
                 p.normal_(0, 0.02)
     return LoadedModel(model.eval(), stand_in_tokenizer(args.vocab_size), args,
-                       Source(f"random:smollm2-135m(seed={seed})", "random", []))
+                       Source(f"random:{shape}(seed={seed})", "random", []))
 
 
 def memory_bandwidth_gbs(threads: int) -> dict:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_export_smollm2 import stand_in_tokenizer  # noqa: E402
+from bench_export_smollm2 import random_model, stand_in_tokenizer  # noqa: E402
 
 from edgekit.models.config import SHAPES  # noqa: E402
 from edgekit.models.llama import Transformer  # noqa: E402
@@ -57,17 +57,7 @@ def log(s: str) -> None:
 
 
 def random_float_model(shape: str, seq: int, seed: int = 0, n_layers: int | None = None) -> LoadedModel:
-    args = dataclasses.replace(SHAPES[shape], max_seq_len=seq, qkv_bias=False)
-    if n_layers:
-        args = dataclasses.replace(args, n_layers=n_layers)
-    torch.manual_seed(seed)
-    model = Transformer(args)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.02)
-    return LoadedModel(model.eval(), stand_in_tokenizer(args.vocab_size), args,
-                       Source(f"random:{shape}(seed={seed})", "random", []))
+    return random_model(seq, seed, n_layers, shape=shape, qkv_bias=False)
 
 
 def decode_bytes(model: torch.nn.Module) -> int:
