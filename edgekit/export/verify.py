@@ -33,9 +33,16 @@ def program_logits(backend, ids: list[int]) -> torch.Tensor:
     return torch.cat(parts)
 
 
+QUANT_TOP1_FLOOR = 0.6  # a quantized program vs its float source: per-position argmax agreement
+
+
 def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.Tensor | None = None,
-                  source_tol: float | None = None) -> list[dict[str, Any]]:
-    """Compare one backend with the golden outputs (and the eager logits when given)."""
+                  source_tol: float | None = None, quantized_vs_float: bool = False) -> list[dict[str, Any]]:
+    """Compare one backend with the golden outputs (and the eager logits when given).
+
+    ``quantized_vs_float``: the package is quantized and the source is the float checkpoint, so
+    the source check is a top-1 agreement floor with the SQNR reported, not allclose.
+    """
     from edgekit.runtime.engine import Engine
 
     ids = gold["prompt_ids"]
@@ -54,7 +61,14 @@ def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.
     first = next((i for i, (a, b) in enumerate(zip(greedy, gold["greedy_ids"])) if a != b), None)
     rows.append(_row("greedy", kind, ok, f"{len(greedy)} greedy tokens equal" if ok
                      else f"greedy tokens diverge at {first}"))
-    if eager_logits is not None:
+    if eager_logits is not None and quantized_vs_float:
+        agree = float((logits.argmax(-1) == eager_logits.argmax(-1)).float().mean())
+        err = float((logits - eager_logits).pow(2).sum())
+        sqnr = 10 * torch.log10(eager_logits.pow(2).sum() / max(err, 1e-30)).item()
+        rows.append(_row("vs-source", kind, agree >= QUANT_TOP1_FLOOR,
+                         f"quantized vs float: top-1 agreement {agree:.0%} (floor {QUANT_TOP1_FLOOR:.0%}), "
+                         f"SQNR {sqnr:.1f} dB", top1_agreement=agree, sqnr_db=sqnr))
+    elif eager_logits is not None:
         d = float((logits - eager_logits).abs().max())
         stol = source_tol if source_tol is not None else gold.get("tolerance", {}).get("source_max_abs", 1e-3)
         rows.append(_row("vs-source", kind, d <= stol, f"max |logits diff| {d:.2e} (tol {stol:g})",
@@ -87,9 +101,10 @@ def verify_package(pkg: str | Path, source: str | Path | None = None,
                              "checkpoint differs from the one the package was exported from"))
         eager = EagerBackend(lm.model, max_chunk=m["max_chunk"])
         eager = program_logits(eager, m["golden"]["prompt_ids"])
+        q_vs_f = bool(m.get("quantization")) and lm.quant is None
     for kind in kinds or p.kinds:
         if log:
             log(f"checking {kind} program ...")
         be = p.backend(kind, threads=threads)
-        rows += check_program(be, m["golden"], kind, eager)
+        rows += check_program(be, m["golden"], kind, eager, quantized_vs_float=eager is not None and q_vs_f)
     return {"ok": all(r["ok"] for r in rows), "package": str(pkg), "rows": rows}
