@@ -37,6 +37,11 @@ def test_export_takes_max_seq_len_and_preset_from_the_plan(stories_dir, stories_
     assert m["quantization"]["head_bits"] == plan["head_bits"]
     assert "max_seq_len 96 from the plan" in p.stderr
     assert f"quantization {plan['preset']}" in p.stderr
+    # verify --source on the float checkpoint: a top-1 agreement floor, not float allclose
+    v = run_cli("verify", str(out), "--source", str(stories_dir), "--json")
+    assert v.returncode == 0, v.stdout[-2000:]
+    rows = [r for r in json.loads(v.stdout)["rows"] if r["check"] == "vs-source"]
+    assert rows and all(r["ok"] and r["top1_agreement"] >= 0.6 for r in rows)
 
 
 def test_explicit_flags_override_the_plan(stories_plan):
