@@ -23,17 +23,10 @@ from typing import Any, Callable
 import torch
 
 from edgekit.errors import InternalError
+from edgekit.export.executorch import _Forward
 
 TREE_METHODS = ("verify_tree", "compact")
 
-
-class _Forward(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens, input_pos)  # (1, T, V)
 
 
 class _VerifyTree(torch.nn.Module):
