@@ -292,12 +292,9 @@ Status Runner::load(const std::string& pte_path, int threads) {
   return Status::Ok();
 }
 
-Status Runner::generate(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
-                        const std::vector<int64_t>& stop_ids, bool ignore_stop,
-                        std::vector<int64_t>* out, GenerateStats* stats) {
-  Impl& s = *impl_;
-  if (s.forward == nullptr) return make(Code::kRuntime, "generate() before a successful load()");
-  const ProgramMeta& m = s.meta;
+// Arguments both generate paths validate the same way.
+static Status check_prompt(const ProgramMeta& m, const std::vector<int64_t>& prompt,
+                           int64_t max_new_tokens) {
   if (prompt.empty()) return make(Code::kBadArgs, "empty prompt", "pass at least one token id");
   if (max_new_tokens < 1) {
     return make(Code::kBadArgs, "max_new_tokens must be >= 1", "pass --max-new-tokens 1 or more");
@@ -316,6 +313,16 @@ Status Runner::generate(const std::vector<int64_t>& prompt, int64_t max_new_toke
                     std::to_string(m.max_seq_len),
                 "shorten the prompt or re-export with a larger --max-seq-len");
   }
+  return Status::Ok();
+}
+
+Status Runner::generate(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
+                        const std::vector<int64_t>& stop_ids, bool ignore_stop,
+                        std::vector<int64_t>* out, GenerateStats* stats) {
+  Impl& s = *impl_;
+  if (s.forward == nullptr) return make(Code::kRuntime, "generate() before a successful load()");
+  const ProgramMeta& m = s.meta;
+  if (Status st = check_prompt(m, prompt, max_new_tokens); !st.ok()) return st;
   out->clear();
   out->reserve(static_cast<size_t>(max_new_tokens));
   *stats = GenerateStats();
@@ -389,24 +396,7 @@ Status Runner::generate_spec(Runner* draft, const std::vector<int64_t>& prompt,
                 "the target's max_chunk " + std::to_string(m.max_chunk),
                 "use --draft-k between 1 and " + std::to_string(m.max_chunk - 1));
   }
-  if (prompt.empty()) return make(Code::kBadArgs, "empty prompt", "pass at least one token id");
-  if (max_new_tokens < 1) {
-    return make(Code::kBadArgs, "max_new_tokens must be >= 1", "pass --max-new-tokens 1 or more");
-  }
-  for (int64_t id : prompt) {
-    if (id < 0 || id >= m.vocab_size) {
-      return make(Code::kBadArgs,
-                  "prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                      std::to_string(m.vocab_size) + ")",
-                  "encode the prompt with the package's tokenizer");
-    }
-  }
-  if (static_cast<int64_t>(prompt.size()) > m.max_seq_len) {
-    return make(Code::kContext,
-                "prompt of " + std::to_string(prompt.size()) + " tokens exceeds max_seq_len " +
-                    std::to_string(m.max_seq_len),
-                "shorten the prompt or re-export with a larger --max-seq-len");
-  }
+  if (Status st = check_prompt(m, prompt, max_new_tokens); !st.ok()) return st;
   out->clear();
   out->reserve(static_cast<size_t>(max_new_tokens));
   *stats = GenerateStats();
