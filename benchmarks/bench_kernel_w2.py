@@ -63,12 +63,12 @@ def bench_shape(N: int, K: int, bits: int, group: int, threads: int, reps: int, 
     q, scale, zero, packed_bytes = _case(N, K, bits, group)
     x = np.random.default_rng(1).standard_normal((1, K)).astype(np.float32)
     out: dict = {"N": N, "K": K, "packed_bytes": packed_bytes, "fp32_bytes": N * K * 4}
-    impl = picked_impl(K, bits, group)
-    for name, which, n_iter in (("native", "auto", iters), ("scalar", "scalar", max(1, iters // 10))):
-        bench_linear_wq(x, q, scale, zero, bits, group, which, iters=max(1, n_iter // 10))  # warm-up
-        t = [bench_linear_wq(x, q, scale, zero, bits, group, which, iters=n_iter) for _ in range(reps)]
+    for name, which, n_iter, act in (("native", "auto", iters, None), ("scalar", "scalar", max(1, iters // 10), None),
+                                     ("native_a8", "auto", iters, 8)):
+        bench_linear_wq(x, q, scale, zero, bits, group, which, iters=max(1, n_iter // 10), act_bits=act)  # warm-up
+        t = [bench_linear_wq(x, q, scale, zero, bits, group, which, iters=n_iter, act_bits=act) for _ in range(reps)]
         s = _stats(t)
-        out[name] = {"impl": impl if name == "native" else "scalar", "s_per_call": s,
+        out[name] = {"impl": picked_impl(K, bits, group, act) if which == "auto" else "scalar", "s_per_call": s,
                      "gb_s": packed_bytes / s["median"] / 1e9}
     w = torch.randn(N, K)
     xt = torch.from_numpy(x)
@@ -124,13 +124,18 @@ def model_sweep(bits: int, group: int, threads: int, reps: int) -> dict:
         for xp, K, qp, sp, zp, N, yp, _ in calls:
             L.ek_linear_wq(xp, 1, K, qp, sp, zp, N, bits, group, yp, None, 0, 0)
 
+    def native_a8_token() -> None:
+        for xp, K, qp, sp, zp, N, yp, _ in calls:
+            L.ek_linear_wq_a8(xp, 1, K, qp, sp, zp, N, bits, group, yp, 0)
+
     def torch_token() -> None:
         for xt, w in fp32_w:
             torch.nn.functional.linear(xt, w)
 
     out = {"threads": threads, "packed_bytes": packed_total, "fp32_bytes": fp32_total}
     with torch.inference_mode():
-        for name, fn, nbytes in (("native", native_token, packed_total), ("torch_fp32", torch_token, fp32_total)):
+        for name, fn, nbytes in (("native", native_token, packed_total), ("native_a8", native_a8_token, packed_total),
+                                 ("torch_fp32", torch_token, fp32_total)):
             fn()  # warm-up
             t = []
             for _ in range(reps):
@@ -144,7 +149,7 @@ def model_sweep(bits: int, group: int, threads: int, reps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bits", type=int, default=2, choices=[2, 4])
+    ap.add_argument("--bits", type=int, default=2, choices=[2, 4, 8])
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=7)
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"fp32 torch {r['torch_fp32']['s_per_call']['median'] * 1e6:8.1f} us "
                   f"{r['torch_fp32']['gb_s']:6.2f} GB/s | x{r['speedup_vs_scalar']:.1f} vs scalar, "
                   f"x{r['speedup_vs_fp32']:.2f} vs fp32", file=sys.stderr)
-        for impl in ("native", "scalar", "torch_fp32"):
+        for impl in ("native", "native_a8", "scalar", "torch_fp32"):
             layer_s = sum(per[shape][impl]["s_per_call"]["median"] for shape in LAYER.values())
             results.setdefault("linear_only_tok_s", {}).setdefault(str(th), {})[impl] = 1.0 / (N_LAYERS * layer_s)
         print(f"[{th} thr] linear-only decode tok/s equivalent (30 layers): " + ", ".join(
@@ -179,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         results.setdefault("model_sweep", []).append(sw)
         print(f"[{th} thr] whole-model linear sweep (weights streamed, {sw['packed_bytes'] / 1e6:.0f} MB packed vs "
               f"{sw['fp32_bytes'] / 1e6:.0f} MB fp32): native {sw['native']['tok_s']:.1f} tok/s "
-              f"({sw['native']['gb_s']:.2f} GB/s), torch fp32 {sw['torch_fp32']['tok_s']:.1f} tok/s "
+              f"({sw['native']['gb_s']:.2f} GB/s), int8-activation {sw['native_a8']['tok_s']:.1f} tok/s "
+              f"({sw['native_a8']['gb_s']:.2f} GB/s), torch fp32 {sw['torch_fp32']['tok_s']:.1f} tok/s "
               f"({sw['torch_fp32']['gb_s']:.2f} GB/s)", file=sys.stderr)
     path = a.json or RESULTS / f"kernel_w{a.bits}g{a.group}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ def export(
     quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Weight preset applied with round-to-nearest: w2g64, w2g128, w3g64, w4g32, w4g128, w8 or fp32.")] = None,
     method: Annotated[str, typer.Option("--method", help="Quantization method with --quant: rtn, gptq or decoupleq (the last two need --calib).")] = "rtn",
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text file for --method gptq/decoupleq.")] = None,
+    act_int8: Annotated[bool, typer.Option("--act-int8", help="With --quant: int8 activations per weight group in the packed linears (the kernels' fast integer path; QuantConfig.act_bits=8).")] = False,
     tree_verify: Annotated[bool, typer.Option("--tree-verify", help="ExecuTorch programs also get verify_tree/compact methods (tree speculative decoding), sharing the KV cache with forward.")] = False,
     draft_exit: Annotated[Optional[int], typer.Option("--draft-exit", min=1, help="Also write an early-exit draft program of the first K layers (draft_ee{K}.pte).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -37,20 +38,22 @@ def export(
       edgekit export --out out/stories-ee --draft-exit 2
       edgekit export ../shared/models/stories260K --quant w2g64 --method decoupleq --calib corpus.txt --out out/s-w2
       edgekit quantize --preset w2g64 --out ckpt-w2 && edgekit export ckpt-w2 --out out/s-w2
+      edgekit export ../shared/models/stories260K --quant w2g64 --act-int8 --out out/s-w2a8
     """
     from edgekit.export.builder import export_package, n_stages, parse_formats
     from edgekit.plan.apply import export_settings
 
     fmts = parse_formats(fmt)
     s = export_settings(plan, max_seq_len=max_seq_len, quant=quant, log=log)
-    if (method != "rtn" or calib is not None) and s.preset not in (None, "fp32"):
+    if (method != "rtn" or calib is not None or act_int8) and s.preset not in (None, "fp32"):
         from edgekit.export.quant_hook import calibrated_quant_hook
 
-        s.quant = calibrated_quant_hook(s.preset, method, calib, head_bits=s.taken.get("head_bits"), log=log)
-    elif method != "rtn" or calib is not None:
+        s.quant = calibrated_quant_hook(s.preset, method, calib, head_bits=s.taken.get("head_bits"),
+                                        act_bits=8 if act_int8 else None, log=log)
+    elif method != "rtn" or calib is not None or act_int8:
         from edgekit.errors import UserError
 
-        raise UserError("--method/--calib need a quantization preset", "add --quant w2g64 (or another preset)")
+        raise UserError("--method/--calib/--act-int8 need a quantization preset", "add --quant w2g64 (or another preset)")
     with progress("export", n_stages(fmts)) as advance:
         m = export_package(model, out_dir, formats=fmts, max_seq_len=s.max_seq_len, max_chunk=max_chunk,
                            force=force, quant=s.quant, log=log, advance=advance, draft_exit=draft_exit,

@@ -22,6 +22,7 @@ def quantize(
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=0, help="decoupleQ alternation rounds.")] = None,
     block_steps: Annotated[Optional[int], typer.Option("--block-steps", min=0,
                                                        help="decoupleQ block-stage Adam steps per layer.")] = None,
+    act_int8: Annotated[bool, typer.Option("--act-int8", help="Int8 activations per weight group at run time (act_bits=8: the kernels' fast integer path).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[str, typer.Option("--out", "-o", help="Output checkpoint directory.")] = ...,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
@@ -36,7 +37,8 @@ def quantize(
     """
     from edgekit.quant.run import quantize_checkpoint
 
-    overrides = {k: v for k, v in (("rounds", rounds), ("block_steps", block_steps)) if v is not None}
+    overrides = {k: v for k, v in (("rounds", rounds), ("block_steps", block_steps),
+                                   ("act_bits", 8 if act_int8 else None)) if v is not None}
     res = quantize_checkpoint(model, preset, out, method=method, calib=calib, calib_samples=calib_samples,
                               calib_seq_len=calib_seq_len, seed=seed, force=force, overrides=overrides,
                               progress=progress, log=log)

@@ -22,7 +22,7 @@ from edgekit.errors import UserError
 
 def calibrated_quant_hook(preset: str, method: str = "rtn", calib: str | Path | None = None, *,
                           head_bits: int | None = None, calib_samples: int = 64, calib_seq_len: int = 256,
-                          seed: int = 0, log: Callable[[str], None] | None = None
+                          seed: int = 0, act_bits: int | None = None, log: Callable[[str], None] | None = None
                           ) -> Callable[..., "dict[str, Any]"]:
     """A hook ``hook(model, tokenizer=None) -> config dict`` that runs ``quantize_`` on ``model``.
 
@@ -34,7 +34,7 @@ def calibrated_quant_hook(preset: str, method: str = "rtn", calib: str | Path | 
     from edgekit.quant.calib import calibration_tokens, read_calib_text
 
     cfg = preset_config(preset, method=method, seed=seed, calib_samples=calib_samples,
-                        calib_seq_len=calib_seq_len, head_bits=head_bits)
+                        calib_seq_len=calib_seq_len, head_bits=head_bits, act_bits=act_bits)
     if cfg.needs_calibration and calib is None:
         raise UserError(f"method {method!r} needs calibration data", "pass --calib FILE (a text file)")
     text = read_calib_text(calib) if calib is not None else None

@@ -52,6 +52,11 @@ from edgekit.quant.modules import _PackedLinear
 ET_OPS = {2: "linear_w2", 3: "linear_w3", 4: "linear_w4", 8: "linear_w8"}
 
 
+def et_op_name(m: _PackedLinear) -> str:
+    """``linear_w{b}`` (float activations) or ``linear_w{b}a8`` (int8 activations)."""
+    return ET_OPS[m.layout.bits] + ("a8" if m.act_bits == 8 else "")
+
+
 def packed_linears(model: nn.Module) -> list[tuple[str, _PackedLinear]]:
     """(name, module) of every packed linear in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _PackedLinear)]
@@ -82,7 +87,7 @@ class ETPackedLinear(nn.Module):
         super().__init__()
         import edgekit.kernels.ops  # noqa: F401  (registers the torch.library ops)
 
-        self.op = getattr(torch.ops.edgekit, ET_OPS[m.layout.bits])
+        self.op = getattr(torch.ops.edgekit, et_op_name(m))
         # The effective group never spans rows: min(group_size, K) (layout.py), as the packer uses.
         self.gs = int(m.layout.group(m.in_features)) if m.layout.group_size is not None else -1
         self.in_features, self.out_features = m.in_features, m.out_features
@@ -105,7 +110,7 @@ def lowered_for_executorch(model: nn.Module) -> Iterator[dict[str, Any]]:
     manifest (``ops`` empty when the model has no packed linears)."""
     ops: dict[str, int] = {}
     for _, m in packed_linears(model):
-        name = f"edgekit::{ET_OPS[m.layout.bits]}"
+        name = f"edgekit::{et_op_name(m)}"
         ops[name] = ops.get(name, 0) + 1
     with _swapped(model, ETPackedLinear):
         yield {"ops": ops, "n_linears": sum(ops.values())}
@@ -169,7 +174,9 @@ class OnnxPackedLinear(nn.Module):
         lay, K, N = m.layout, m.in_features, m.out_features
         g, G = lay.group(K), lay.n_groups(K)
         self.K, self.N, self.bits = K, N, lay.bits
-        self.acc = int(ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
+        # int8-activation models use onnxruntime's own int8 path (level 4): the closest it has,
+        # not bit-identical (its blocks quantize x * scale * (u - 2^(b-1)), ours x * u).
+        self.acc = int(4 if m.act_bits == 8 else ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
         if lay.bits not in (2, 4, 8):
             raise UserError(f"{lay.bits}-bit linears have no onnxruntime MatMulNBits mapping",
                             "export 2-, 4- or 8-bit quantized models to ONNX")

@@ -46,21 +46,39 @@ def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.
     from edgekit.runtime.engine import Engine
 
     ids = gold["prompt_ids"]
-    tol = gold.get("tolerance", {}).get("top5_abs", 1e-3)
+    tols = gold.get("tolerance", {})
+    approx = kind in tols.get("approximate", [])  # builder.py: int8 activations in onnxruntime
+    tol = tols.get("top5_abs", 1e-3) * (4 if approx else 1)
     logits = program_logits(backend, ids)
     rows = []
     am = logits.argmax(-1).tolist()
-    rows.append(_row("argmax", kind, am == gold["argmax"],
-                     "per-position argmax equal" if am == gold["argmax"] else f"argmax {am} != golden {gold['argmax']}"))
+    if approx:
+        agree = sum(a == b for a, b in zip(am, gold["argmax"])) / max(1, len(am))
+        rows.append(_row("argmax", kind, agree >= QUANT_TOP1_FLOOR, f"per-position argmax agreement {agree:.0%} "
+                         f"(approximate program, floor {QUANT_TOP1_FLOOR:.0%})", top1_agreement=agree))
+    else:
+        rows.append(_row("argmax", kind, am == gold["argmax"], "per-position argmax equal" if am == gold["argmax"]
+                         else f"argmax {am} != golden {gold['argmax']}"))
     got = logits[-1][gold["top5_ids"]]
     want = torch.tensor(gold["top5_values"])
     d = float((got - want).abs().max())
     rows.append(_row("top5", kind, d <= tol, f"max |diff| {d:.2e} (tol {tol:g})", max_abs_diff=d))
     greedy = Engine(backend, None, stop_ids=[]).generate(ids, max_new_tokens=len(gold["greedy_ids"])).tokens
-    ok = greedy == gold["greedy_ids"]
     first = next((i for i, (a, b) in enumerate(zip(greedy, gold["greedy_ids"])) if a != b), None)
-    rows.append(_row("greedy", kind, ok, f"{len(greedy)} greedy tokens equal" if ok
-                     else f"greedy tokens diverge at {first}"))
+    if approx:
+        n = len(gold["greedy_ids"])
+        ok = (first is None and len(greedy) == n) or (first is not None and first >= n // 4)
+        rows.append(_row("greedy", kind, ok, f"{n} greedy tokens equal" if first is None else
+                         f"greedy tokens diverge at {first} (approximate program: first {n // 4} must match)"))
+    else:
+        ok = greedy == gold["greedy_ids"]
+        detail = f"{len(greedy)} greedy tokens equal" if ok else f"greedy tokens diverge at {first}"
+        margins, near = gold.get("greedy_margins"), tols.get("near_tie")
+        if not ok and first is not None and near is not None and margins and first < len(margins) \
+                and margins[first] < near:
+            ok = True  # int8 activations: parted at a near-tie of the eager model (builder.py)
+            detail += f", a near-tie (eager top-1 margin {margins[first]:.3g} < {near:.3g})"
+        rows.append(_row("greedy", kind, ok, detail))
     if eager_logits is not None and quantized_vs_float:
         agree = float((logits.argmax(-1) == eager_logits.argmax(-1)).float().mean())
         err = float((logits - eager_logits).pow(2).sum())

@@ -8,11 +8,13 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
                        int group_size, int in_features) -> Tensor
     edgekit::linear_w3 / linear_w4 / linear_w8(...same...)
     edgekit::linear_w{2,3,4,8}.out(..., *, Tensor(a!) out) -> Tensor(a!)
+    edgekit::linear_w{2,3,4,8}a8(...same...)   int8 activations per group (QuantConfig.act_bits=8)
 
 ``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
 reference (dequantize with the layout's torch unpacker, then matmul); the fake implementation
-gives shapes for export. ExecuTorch's to_executorch() maps the functional op to its ``.out``
+gives shapes for export. The ``a8`` ops quantize x to int8 per weight group and take exact
+integer dot products (edgekit.quant.modules.linear_a8_reference; C++: ek_linear_wq_a8). ExecuTorch's to_executorch() maps the functional op to its ``.out``
 overload, which is the name the C++ library registers.
 
 To run such a program in the Python ExecuTorch runtime, load the C++ ops first::
@@ -36,16 +38,20 @@ import torch
 
 _SCHEMA = ("(Tensor x, Tensor qweight, Tensor scale, Tensor zero, int group_size, "
            "int in_features")
-BITS = {"linear_w2": 2, "linear_w3": 3, "linear_w4": 4, "linear_w8": 8}
+BITS = {"linear_w2": 2, "linear_w3": 3, "linear_w4": 4, "linear_w8": 8,
+        "linear_w2a8": 2, "linear_w3a8": 3, "linear_w4a8": 4, "linear_w8a8": 8}
 
 _lib = torch.library.Library("edgekit", "FRAGMENT")
 
 
 def _reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-               group_size: int, in_features: int, bits: int) -> torch.Tensor:
+               group_size: int, in_features: int, bits: int, a8: bool = False) -> torch.Tensor:
     from edgekit.quant.layout import Layout, dequantize
+    from edgekit.quant.modules import linear_a8_reference
 
     lay = Layout(bits, group_size if group_size > 0 else None)
+    if a8:
+        return linear_a8_reference(x, qweight, scale, zero, lay, in_features)
     w = dequantize(qweight, scale, zero, lay, in_features)  # (N, K) float32
     return torch.matmul(x.to(torch.float32), w.t())
 
@@ -53,12 +59,13 @@ def _reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
 def _define(name: str, bits: int) -> None:
     _lib.define(f"{name}{_SCHEMA}) -> Tensor")
     _lib.define(f"{name}.out{_SCHEMA}, *, Tensor(a!) out) -> Tensor(a!)")
+    a8 = name.endswith("a8")
 
     def functional(x, qweight, scale, zero, group_size, in_features):
-        return _reference(x, qweight, scale, zero, group_size, in_features, bits)
+        return _reference(x, qweight, scale, zero, group_size, in_features, bits, a8)
 
     def out_variant(x, qweight, scale, zero, group_size, in_features, *, out):
-        y = _reference(x, qweight, scale, zero, group_size, in_features, bits)
+        y = _reference(x, qweight, scale, zero, group_size, in_features, bits, a8)
         out.resize_(y.shape)
         out.copy_(y)
         return out
@@ -83,7 +90,7 @@ _et_lock = threading.Lock()
 def load_et_kernels() -> str:
     """Load libedgekit_kernels_et.so into this process so the ExecuTorch runtime (the
     executorch pybindings share the wheel's libexecutorch.so and its operator registry) can run
-    programs containing ``edgekit::linear_w{2,3,4,8}.out``. Idempotent; builds the
+    programs containing ``edgekit::linear_w{2,3,4,8}[a8].out``. Idempotent; builds the
     native libraries on first use. Returns the library path.
 
     Raises NativeBuildError (edgekit.runtime.native) when the libraries cannot be built.

@@ -31,7 +31,7 @@ from torch import nn
 from edgekit.errors import UserError
 from edgekit.quant.config import QuantConfig
 from edgekit.quant.layout import Layout, dequantize_codes, unpack_torch
-from edgekit.quant.modules import PACKED_LINEAR, PackedEmbedding, _PackedLinear
+from edgekit.quant.modules import PACKED_LINEAR, PackedEmbedding, _PackedLinear, set_act_bits
 from edgekit.quant.solvers import quantize_weight
 
 BLOCK_LINEARS = ["attention.wq", "attention.wk", "attention.wv", "attention.wo",
@@ -297,6 +297,7 @@ def quantize_(model: nn.Module, config: QuantConfig, calib: torch.Tensor | None 
     if calib is None:
         for name in names:
             replace(name, None)
+        set_act_bits(model, config.act_bits)
         return model
 
     calib = calib.to(torch.long)
@@ -332,6 +333,7 @@ def quantize_(model: nn.Module, config: QuantConfig, calib: torch.Tensor | None 
         for h in hs:
             hook(None, (model.norm(h),))
         replace("output", hook.H)
+    set_act_bits(model, config.act_bits)  # calibration above ran with float activations
     return model
 
 
@@ -399,4 +401,5 @@ def quantize_linears_(model: nn.Module, stages: list[list[str]], config: QuantCo
             _set(model, n, PACKED_LINEAR[config.bits].from_float(lin, config.group_size, H, method, **kw))
             if advance:
                 advance(1)
+    set_act_bits(model, config.act_bits)
     return model

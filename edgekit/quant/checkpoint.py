@@ -34,7 +34,7 @@ from edgekit.models.llama import Transformer
 from edgekit.models.tokenizer import HFTokenizer, Llama2cTokenizer
 from edgekit.quant.api import prepare_skeleton, quantized_module_names
 from edgekit.quant.config import QuantConfig
-from edgekit.quant.modules import PackedEmbedding, _PackedLinear
+from edgekit.quant.modules import PackedEmbedding, _PackedLinear, set_act_bits
 
 SCHEMA = "edgekit.checkpoint"
 SCHEMA_VERSION = 1
@@ -155,6 +155,7 @@ def load_quantized(path: str | Path, max_seq_len: int | None = None, max_batch: 
     if missing or unexpected:
         raise ModelLoadError(f"{d / WEIGHTS} does not match its config (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})", "the checkpoint is corrupt; re-run edgekit quantize")
+    set_act_bits(model, cfg.act_bits)
     tk = meta["tokenizer"]
     files = [d / f for f in tk["files"]]
     for f in files:

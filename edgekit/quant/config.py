@@ -34,6 +34,10 @@ class QuantConfig:
     transformer block; 0 = off); block_target "float" matches the float model's activations,
     "quant" the float block applied to the quantized pipeline's inputs. calib_*: calibration windows; seed makes the run deterministic.
     skip: module names (e.g. ``layers.0.attention.wq``) kept in float.
+    act_bits: None = the packed linears multiply float activations (exact dequantized weights);
+    8 = dynamic int8 activations per weight group (symmetric, amax / 127, round half to even),
+    the kernels' fast integer path (edgekit/kernels/cpu/wq_linear.h), like llama.cpp's Q8
+    activations and XNNPACK's qd8. Calibration always runs with float activations.
     """
 
     bits: int = 4
@@ -56,6 +60,7 @@ class QuantConfig:
     seed: int = 0
     skip: list[str] = field(default_factory=list)
     preset: str | None = None
+    act_bits: int | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -65,6 +70,8 @@ class QuantConfig:
             b = getattr(self, name)
             if b is not None and b not in SUPPORTED_BITS:
                 raise UserError(f"{name}={b} is not supported", f"use one of {SUPPORTED_BITS}")
+        if self.act_bits not in (None, 8):
+            raise UserError(f"act_bits={self.act_bits} is not supported", "use 8 (int8 activations) or none")
         if self.method not in METHODS:
             raise UserError(f"unknown quantization method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if self.block_target not in ("float", "quant"):

@@ -4,7 +4,9 @@ packed embedding, all in the layout of ``edgekit.quant.layout``.
 Buffers (what the exporter maps to ONNX MatMulNBits / an ExecuTorch custom op):
 ``qweight`` uint8 (N, row_bytes), ``scale`` fp16 (N, G), ``zero`` fp16 (N, G), ``bias`` fp32 (N,)
 or absent. ``forward`` is the pure-torch reference: dequantize to float32, then ``F.linear``;
-it runs in eager and traces under ``torch.export``.
+it runs in eager and traces under ``torch.export``. With ``act_bits = 8`` (set by ``quantize_``
+from ``QuantConfig.act_bits``) it is the int8-activation reference ``linear_a8_reference``
+instead, the math of the kernels' a8 path.
 
 Example::
 
@@ -20,7 +22,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.quant.layout import Layout, dequantize, pack_torch
+from edgekit.quant.layout import Layout, dequantize, pack_torch, unpack_torch
+
+
+def quantize_activations(x: torch.Tensor, K: int, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dynamic int8 activations per weight group, as the kernels compute them (wq_linear.h):
+    ``amax`` over the group's real columns, ``inv = 127 / amax`` (0 when amax is 0),
+    ``xq = round_half_even(x * inv)`` clamped to [-127, 127], ``dx = amax / 127``.
+
+    Returns xq (M, G, g) float32 holding integers (padded columns 0), dx (M, G), and the float
+    group sums xsum (M, G) used for the offset term."""
+    g, G = layout.group(K), layout.n_groups(K)
+    xf = x.to(torch.float32).reshape(-1, K)
+    if G * g > K:
+        xf = F.pad(xf, (0, G * g - K))
+    xg = xf.view(xf.shape[0], G, g)
+    amax = xg.abs().amax(-1)
+    inv = torch.where(amax > 0, 127.0 / torch.where(amax > 0, amax, 1.0), 0.0)
+    xq = torch.round(xg * inv.unsqueeze(-1)).clamp(-127, 127)
+    return xq, amax / 127.0, xg.sum(-1)
+
+
+def linear_a8_reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                        layout: Layout, K: int) -> torch.Tensor:
+    """``y = sum_g scale * dx * isum + zero * xsum`` with the exact integer dot products
+    ``isum = <codes, xq>`` per group (float32 when every partial sum stays below 2^24, else
+    float64). Shape (..., N)."""
+    N = qweight.shape[0]
+    g, G = layout.group(K), layout.n_groups(K)
+    xq, dx, xsum = quantize_activations(x, K, layout)
+    exact32 = g * layout.maxq * 127 < (1 << 24)
+    dt = torch.float32 if exact32 else torch.float64
+    u = unpack_torch(qweight, G * g, layout).to(dt).view(N, G, g)
+    isum = torch.bmm(xq.to(dt).transpose(0, 1), u.permute(1, 2, 0))  # (G, M, N)
+    y = (isum.to(torch.float32) * (scale.to(torch.float32).t().unsqueeze(1) * dx.t().unsqueeze(-1))).sum(0)
+    y = y + xsum @ zero.to(torch.float32).t()
+    return y.view(*x.shape[:-1], N)
 
 
 class _PackedLinear(nn.Module):
@@ -32,6 +69,7 @@ class _PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.layout = Layout(self.BITS, group_size)
+        self.act_bits: int | None = None  # 8: int8 activations (linear_a8_reference)
         G, rb = self.layout.n_groups(in_features), self.layout.row_bytes(in_features)
         self.register_buffer("qweight", torch.zeros((out_features, rb), dtype=torch.uint8))
         self.register_buffer("scale", torch.zeros((out_features, G), dtype=torch.float16))
@@ -76,12 +114,26 @@ class _PackedLinear(nn.Module):
         return dequantize(self.qweight, self.scale, self.zero, self.layout, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits == 8:
+            y = linear_a8_reference(x, self.qweight, self.scale, self.zero, self.layout, self.in_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         w = self.dequantize()
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.BITS}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+                f"group_size={self.group_size}, bias={self.bias is not None}"
+                + (f", act_bits={self.act_bits}" if self.act_bits else ""))
+
+
+def set_act_bits(model: nn.Module, act_bits: int | None) -> int:
+    """Set ``act_bits`` on every packed linear of ``model``; returns how many."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _PackedLinear):
+            m.act_bits = act_bits
+            n += 1
+    return n
 
 
 class PackedLinearW2(_PackedLinear):

@@ -49,6 +49,13 @@ def lib() -> ctypes.CDLL:
             L.ek_bench_linear_wq.argtypes = [f32p, i64, i64, u8p, u16p, u16p, i64, ctypes.c_int, i64, f32p,
                                              ctypes.c_int, ctypes.c_int]
             L.ek_bench_linear_wq.restype = ctypes.c_double
+            L.ek_linear_wq_a8.argtypes = [f32p, i64, i64, u8p, u16p, u16p, i64, ctypes.c_int, i64, f32p,
+                                          ctypes.c_int]
+            L.ek_linear_wq_a8.restype = ctypes.c_int
+            L.ek_linear_wq_a8_pick.argtypes = [i64, ctypes.c_int, i64]
+            L.ek_linear_wq_a8_pick.restype = ctypes.c_int
+            L.ek_bench_linear_wq_a8.argtypes = L.ek_bench_linear_wq.argtypes
+            L.ek_bench_linear_wq_a8.restype = ctypes.c_double
             _lib = L
         return _lib
 
@@ -59,9 +66,11 @@ def available_impls() -> list[str]:
     return [n for n, v in IMPLS.items() if v and L.ek_impl_available(v)]
 
 
-def picked_impl(K: int, bits: int, group_size: int | None) -> str:
-    """The implementation ``auto`` uses for this shape."""
-    return _NAMES[lib().ek_linear_wq_pick(K, bits, group_size or 0)]
+def picked_impl(K: int, bits: int, group_size: int | None, act_bits: int | None = None) -> str:
+    """The implementation ``auto`` uses for this shape (``act_bits=8``: the int8-activation path)."""
+    L = lib()
+    pick = L.ek_linear_wq_a8_pick if act_bits == 8 else L.ek_linear_wq_pick
+    return _NAMES[pick(K, bits, group_size or 0)]
 
 
 def set_num_threads(n: int) -> None:
@@ -93,14 +102,21 @@ def _half_bits(a) -> np.ndarray:
     return np.ascontiguousarray(a.astype(np.float16)).view(np.uint16)
 
 
+def _check_act(act_bits: int | None) -> None:
+    if act_bits not in (None, 8):
+        raise UserError(f"act_bits={act_bits} is not supported", "use None (float activations) or 8")
+
+
 def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: str = "auto",
-              in_features: int | None = None) -> np.ndarray:
+              in_features: int | None = None, act_bits: int | None = None) -> np.ndarray:
     """``y = x @ W_hat^T`` with the native kernel.
 
     Args:
         x: float32 (..., K). qweight: uint8 (N, row_bytes). scale, zero: float16 (N, G).
-        bits: 2, 3, 4 or 8 (SIMD paths: 2 and 4). group_size: None/0 = per output row.
+        bits: 2, 3, 4 or 8 (SIMD paths: 2 and 4; with int8 activations 2, 4 and 8).
+        group_size: None/0 = per output row.
         impl: "auto" | "scalar" | "avx2" | "neon". in_features: K (default x.shape[-1]).
+        act_bits: None = float activations; 8 = x quantized to int8 per group (wq_linear.h).
     Returns:
         float32 numpy array (..., N).
     Raises:
@@ -124,9 +140,14 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
     M = int(np.prod(xa.shape[:-1], dtype=np.int64))
     y = np.empty((*xa.shape[:-1], N), dtype=np.float32)
     P = ctypes.POINTER
-    st = L.ek_linear_wq(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
-                        s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits, gs,
-                        y.ctypes.data_as(P(ctypes.c_float)), None, 0, IMPLS[impl])
+    _check_act(act_bits)
+    args = (xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
+            s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits, gs,
+            y.ctypes.data_as(P(ctypes.c_float)))
+    if act_bits == 8:
+        st = L.ek_linear_wq_a8(*args, IMPLS[impl])
+    else:
+        st = L.ek_linear_wq(*args, None, 0, IMPLS[impl])
     if st != 0:
         raise UserError(f"kernel {impl} failed: {L.ek_status_str(st).decode()}",
                         f"available here: {', '.join(available_impls())}")
@@ -134,7 +155,7 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
 
 
 def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: str = "auto",
-                    iters: int = 100) -> float:
+                    iters: int = 100, act_bits: int | None = None) -> float:
     """Mean seconds per kernel call over ``iters`` back-to-back calls timed inside C (one
     untimed call first), so Python and ctypes overhead are not counted."""
     xa, q = _arr(x, np.float32), _arr(qweight, np.uint8)
@@ -144,7 +165,9 @@ def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, 
     N = q.shape[0]
     y = np.empty((M, N), dtype=np.float32)
     P = ctypes.POINTER
-    t = lib().ek_bench_linear_wq(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
+    _check_act(act_bits)
+    fn = lib().ek_bench_linear_wq_a8 if act_bits == 8 else lib().ek_bench_linear_wq
+    t = fn(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
                                  s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N,
                                  bits, int(group_size or 0), y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl],
                                  int(iters))

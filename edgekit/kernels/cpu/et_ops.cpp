@@ -4,6 +4,7 @@
 //   edgekit::linear_w2.out(Tensor x, Tensor qweight, Tensor scale, Tensor zero,
 //                          int group_size, int in_features, *, Tensor(a!) out) -> Tensor(a!)
 //   edgekit::linear_w3.out / linear_w4.out / linear_w8.out(... same ...)
+//   edgekit::linear_w{2,3,4,8}a8.out(... same ...)  int8 activations per group (ek_linear_wq_a8)
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -24,7 +25,7 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 
-template <int BITS>
+template <int BITS, bool A8 = false>
 Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
                       const Tensor& scale, const Tensor& zero, int64_t group_size,
                       int64_t in_features, Tensor& out) {
@@ -58,10 +59,13 @@ Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& 
                           out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
                       InvalidArgument, out, "edgekit::linear_w%d: cannot resize out", BITS);
   const int64_t M = x.numel() / K;
-  int st = ek_linear_wq(x.const_data_ptr<float>(), M, K, qweight.const_data_ptr<uint8_t>(),
-                        static_cast<const uint16_t*>(scale.const_data_ptr()),
-                        static_cast<const uint16_t*>(zero.const_data_ptr()), N, BITS, group_size,
-                        out.mutable_data_ptr<float>(), nullptr, 0, EK_IMPL_AUTO);
+  const float* xp = x.const_data_ptr<float>();
+  const uint8_t* qp = qweight.const_data_ptr<uint8_t>();
+  const auto* sp = static_cast<const uint16_t*>(scale.const_data_ptr());
+  const auto* zp = static_cast<const uint16_t*>(zero.const_data_ptr());
+  float* yp = out.mutable_data_ptr<float>();
+  int st = A8 ? ek_linear_wq_a8(xp, M, K, qp, sp, zp, N, BITS, group_size, yp, EK_IMPL_AUTO)
+              : ek_linear_wq(xp, M, K, qp, sp, zp, N, BITS, group_size, yp, nullptr, 0, EK_IMPL_AUTO);
   ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::linear_w%d: %s", BITS,
                       ek_status_str(st));
   return out;
@@ -91,6 +95,18 @@ Tensor& linear_w8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& 
   return linear_wq_out<8>(ctx, x, qweight, scale, zero, group_size, in_features, out);
 }
 
+#define EK_A8_OP(B)                                                                          \
+  Tensor& linear_w##B##a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, \
+                              const Tensor& scale, const Tensor& zero, int64_t group_size,      \
+                              int64_t in_features, Tensor& out) {                               \
+    return linear_wq_out<B, true>(ctx, x, qweight, scale, zero, group_size, in_features, out);   \
+  }
+EK_A8_OP(2)
+EK_A8_OP(3)
+EK_A8_OP(4)
+EK_A8_OP(8)
+#undef EK_A8_OP
+
 }  // namespace
 }  // namespace edgekit
 
@@ -98,6 +114,10 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w2.out", edgekit::linear_w2_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4.out", edgekit::linear_w4_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w3.out", edgekit::linear_w3_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8.out", edgekit::linear_w8_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w2a8.out", edgekit::linear_w2a8_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 4; }
+extern "C" int ek_et_ops_registered(void) { return 8; }

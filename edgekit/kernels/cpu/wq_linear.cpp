@@ -335,6 +335,283 @@ int pick(const Shape& s) {
   return EK_IMPL_SCALAR;
 }
 
+
+// ---- int8 activations (a8) -------------------------------------------------------------------
+// x is quantized per group (wq_linear.h). The SIMD kernels read the codes of a 16-byte unit
+// with one shift + mask per code slot j (lane i holds code CPB*i + j), so xq is permuted like
+// prep_x does: a 32-byte chunk (two units h = 0, 1) reads
+//   xq_p[c0 + 32*j + 16*h + i] = xq[c0 + 16*CPB*h + CPB*i + j]
+// and a lone 16-byte unit reads xq_p[c0 + 16*j + i] = xq[c0 + CPB*i + j]. Chunks run over the
+// whole row when a group is one unit (pairs of groups; G odd leaves a lone unit at the end),
+// else over each group (a group of 16 bytes mod 32 ends in a lone unit).
+
+bool a8_simd_ok(int bits, int64_t g) {
+  return (bits == 2 || bits == 4 || bits == 8) && (g * bits) % 128 == 0;
+}
+
+struct A8 {
+  int8_t* xq;     // [M, K_pad], permuted for SIMD (plain order for the scalar reference)
+  float* dx;      // [M, G]
+  float* xsum;    // [M, G]
+};
+
+inline void permute_run(const int8_t* in, int8_t* out, int64_t nbytes, int cpb) {
+  int64_t b = 0;
+  for (; b + 32 <= nbytes; b += 32) {
+    const int64_t c0 = b * cpb;
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < cpb; ++j) out[c0 + 32 * j + 16 * h + i] = in[c0 + 16 * cpb * h + cpb * i + j];
+  }
+  if (b < nbytes) {  // lone 16-byte unit
+    const int64_t c0 = b * cpb;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < cpb; ++j) out[c0 + 16 * j + i] = in[c0 + cpb * i + j];
+  }
+}
+
+void prep_a8(const Shape& s, const float* x, const A8& a, bool permute) {
+  const int cpb = 8 / s.bits;
+  const int64_t gb = s.g * s.bits / 8;  // bytes per group (SIMD shapes only)
+  thread_local std::vector<int8_t> plain;
+  if (permute && plain.size() < static_cast<size_t>(s.K_pad)) plain.resize(s.K_pad);
+  for (int64_t m = 0; m < s.M; ++m) {
+    const float* xm = x + m * s.K;
+    int8_t* q = permute ? plain.data() : a.xq + m * s.K_pad;
+    for (int64_t g = 0; g < s.G; ++g) {
+      const int64_t k0 = g * s.g, k1 = std::min(s.K, k0 + s.g);
+      float amax = 0.f, xs = 0.f;
+      for (int64_t k = k0; k < k1; ++k) {
+        amax = std::fmax(amax, std::fabs(xm[k]));
+        xs += xm[k];
+      }
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      for (int64_t k = k0; k < k0 + s.g; ++k) {
+        int v = 0;
+        if (k < k1) v = static_cast<int>(std::max(-127.f, std::min(127.f, std::nearbyint(xm[k] * inv))));
+        q[k] = static_cast<int8_t>(v);
+      }
+      a.dx[m * s.G + g] = amax / 127.f;
+      a.xsum[m * s.G + g] = xs;
+    }
+    if (permute) {
+      int8_t* out = a.xq + m * s.K_pad;
+      if (gb == 16) {
+        permute_run(q, out, s.G * gb, cpb);
+      } else {
+        for (int64_t g = 0; g < s.G; ++g) permute_run(q + g * s.g, out + g * s.g, gb, cpb);
+      }
+    }
+  }
+}
+
+void rows_scalar_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16_t* sc,
+                    const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    for (int64_t m = 0; m < s.M; ++m) {
+      const int8_t* xq = a.xq + m * s.K_pad;
+      float total = 0.f;
+      for (int64_t g = 0; g < s.G; ++g) {
+        int64_t k0 = g * s.g, k1 = std::min(s.K, k0 + s.g);
+        int32_t isum = 0;
+        for (int64_t k = k0; k < k1; ++k)
+          isum += static_cast<int32_t>(code_at(row, k, s.bits, s.row_bytes)) * xq[k];
+        total += half_to_float(sc[n * s.G + g]) * a.dx[m * s.G + g] * static_cast<float>(isum) +
+                 half_to_float(zr[n * s.G + g]) * a.xsum[m * s.G + g];
+      }
+      y[m * s.N + n] = total;
+    }
+  }
+}
+
+#ifdef EK_HAVE_X86
+#define EK_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Sum over code slots j of u * xq for one 32-byte chunk: 8 int32 lanes, lanes 0-3 from the low
+// 16 bytes, 4-7 from the high 16. 2/4 bits: u8 codes x s8 activations with maddubs (pairs,
+// summed over j in int16: at most 2 * CPB * 15 * 127 < 2^15). 8 bits: codes 0..255 would
+// saturate maddubs, so both sides are widened to int16 and multiplied with madd.
+template <int BITS>
+EK_AVX2 inline __m256i chunk_dot(__m256i v, const int8_t* xq) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (BITS == 8) {
+    const __m256i r0 = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq))));
+    const __m256i r1 = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16))));
+    // hadd leaves 64-bit quarters (r0, r1, r0, r1); reorder to lanes 0-3 = r0, 4-7 = r1
+    return _mm256_permute4x64_epi64(_mm256_hadd_epi32(r0, r1), 0xd8);
+  } else {
+    constexpr int CPB = 8 / BITS;
+    const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
+    __m256i acc = _mm256_maddubs_epi16(_mm256_and_si256(v, mask),
+                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+    for (int j = 1; j < CPB; ++j) {
+      const __m256i c = _mm256_and_si256(_mm256_srli_epi16(v, BITS * j), mask);
+      acc = _mm256_add_epi16(
+          acc, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j))));
+    }
+    return _mm256_madd_epi16(acc, ones);
+  }
+}
+
+// The same for a lone 16-byte unit: 4 int32 lanes.
+template <int BITS>
+EK_AVX2 inline __m128i unit_dot(__m128i v, const int8_t* xq) {
+  const __m128i ones = _mm_set1_epi16(1);
+  if constexpr (BITS == 8) {
+    const __m256i r = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(v), _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq))));
+    return _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  } else {
+    constexpr int CPB = 8 / BITS;
+    const __m128i mask = _mm_set1_epi8((1 << BITS) - 1);
+    __m128i acc = _mm_maddubs_epi16(_mm_and_si128(v, mask), _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+    for (int j = 1; j < CPB; ++j) {
+      const __m128i c = _mm_and_si128(_mm_srli_epi16(v, BITS * j), mask);
+      acc = _mm_add_epi16(acc, _mm_maddubs_epi16(c, _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j))));
+    }
+    return _mm_madd_epi16(acc, ones);
+  }
+}
+
+EK_AVX2 inline float hsum128(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+  return _mm_cvtss_f32(v);
+}
+
+// One group per 16-byte unit (w2g64, w4g32, w8g16): 32-byte chunks hold groups (g, g+1).
+// Eight groups at a time share one F16C conversion of their scales and zeros.
+template <int BITS>
+EK_AVX2 float row_pairs_a8(const Shape& s, const A8& a, const uint8_t* row, const uint16_t* sc,
+                           const uint16_t* zr, int64_t m) {
+  const int8_t* xq = a.xq + m * s.K_pad;
+  const float* dx = a.dx + m * s.G;
+  const float* xs = a.xsum + m * s.G;
+  const int64_t cb = 16 * (8 / BITS);  // codes per unit (= per group)
+  __m256 facc = _mm256_setzero_ps(), zacc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= s.G; g += 8) {
+    const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
+    const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zr + g)));
+    const __m256 p = _mm256_mul_ps(sv, _mm256_loadu_ps(dx + g));
+    zacc = _mm256_fmadd_ps(zv, _mm256_loadu_ps(xs + g), zacc);
+    for (int c = 0; c < 4; ++c) {
+      const int64_t gg = g + 2 * c;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + gg * 16));
+      const __m256 f = _mm256_cvtepi32_ps(chunk_dot<BITS>(v, xq + gg * cb));
+      const __m256i idx = _mm256_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1);
+      facc = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(p, idx), facc);
+    }
+  }
+  float tail = 0.f;
+  for (; g + 2 <= s.G; g += 2) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
+    const __m256 f = _mm256_cvtepi32_ps(chunk_dot<BITS>(v, xq + g * cb));
+    const __m256 p = _mm256_set_m128(_mm_set1_ps(_cvtsh_ss(sc[g + 1]) * dx[g + 1]),
+                                     _mm_set1_ps(_cvtsh_ss(sc[g]) * dx[g]));
+    facc = _mm256_fmadd_ps(f, p, facc);
+    tail += _cvtsh_ss(zr[g]) * xs[g] + _cvtsh_ss(zr[g + 1]) * xs[g + 1];
+  }
+  if (g < s.G) {  // lone last group: it was permuted as a 16-byte unit
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16));
+    const __m128 f = _mm_cvtepi32_ps(unit_dot<BITS>(v, xq + g * cb));
+    tail += hsum128(f) * (_cvtsh_ss(sc[g]) * dx[g]) + _cvtsh_ss(zr[g]) * xs[g];
+  }
+  return hsum256(_mm256_add_ps(facc, zacc)) + tail;
+}
+
+// Groups of 32 bytes or more (w2g128, w4g64+, w8 per channel): int32 lanes per group, then
+// one FMA with the group's scale * dx.
+template <int BITS>
+EK_AVX2 float row_groups_a8(const Shape& s, const A8& a, const uint8_t* row, const uint16_t* sc,
+                            const uint16_t* zr, int64_t m) {
+  const int8_t* xq = a.xq + m * s.K_pad;
+  const float* dx = a.dx + m * s.G;
+  const float* xs = a.xsum + m * s.G;
+  constexpr int CPB = 8 / BITS;
+  const int64_t gb = s.g * BITS / 8;
+  __m256 facc = _mm256_setzero_ps();
+  float tail = 0.f;
+  const uint8_t* p = row;
+  for (int64_t g = 0; g < s.G; ++g) {
+    const int8_t* xg = xq + g * s.g;
+    __m256i acc = _mm256_setzero_si256();
+    int64_t b = 0;
+    for (; b + 32 <= gb; b += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + b));
+      acc = _mm256_add_epi32(acc, chunk_dot<BITS>(v, xg + b * CPB));
+    }
+    if (b < gb) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b));
+      acc = _mm256_add_epi32(acc, _mm256_zextsi128_si256(unit_dot<BITS>(v, xg + b * CPB)));
+    }
+    p += gb;
+    float sdx = _cvtsh_ss(sc[g]) * dx[g];
+    facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(sdx), facc);
+    tail += _cvtsh_ss(zr[g]) * xs[g];
+  }
+  return hsum256(facc) + tail;
+}
+
+template <int BITS>
+EK_AVX2 void rows_avx2_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16_t* sc,
+                          const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
+  const bool pairs = s.g * BITS / 8 == 16;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    const uint16_t* scn = sc + n * s.G;
+    const uint16_t* zrn = zr + n * s.G;
+    for (int64_t m = 0; m < s.M; ++m) {
+      y[m * s.N + n] = pairs ? row_pairs_a8<BITS>(s, a, row, scn, zrn, m)
+                             : row_groups_a8<BITS>(s, a, row, scn, zrn, m);
+    }
+  }
+}
+#undef EK_AVX2
+#endif
+
+int pick_a8(const Shape& s) {
+  if (a8_simd_ok(s.bits, s.g) && cpu_has_avx2()) return EK_IMPL_AVX2;
+  return EK_IMPL_SCALAR;
+}
+
+int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t* sc,
+              const uint16_t* zr, float* y, int impl) {
+  if (impl == EK_IMPL_AUTO) impl = pick_a8(s);
+  if (impl != EK_IMPL_SCALAR && (impl != EK_IMPL_AVX2 || !cpu_has_avx2() || !a8_simd_ok(s.bits, s.g)))
+    return EK_UNSUPPORTED;
+  // Grown once per thread and reused: no allocation per call in steady state.
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> fbuf;
+  try {
+    if (qbuf.size() < static_cast<size_t>(s.M * s.K_pad)) qbuf.resize(s.M * s.K_pad);
+    if (fbuf.size() < static_cast<size_t>(2 * s.M * s.G)) fbuf.resize(2 * s.M * s.G);
+  } catch (const std::bad_alloc&) {
+    return EK_NO_MEMORY;
+  }
+  A8 a{qbuf.data(), fbuf.data(), fbuf.data() + s.M * s.G};
+  prep_a8(s, x, a, impl != EK_IMPL_SCALAR);
+  if (impl == EK_IMPL_SCALAR) {
+    parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows_scalar_a8(s, a, qw, sc, zr, y, b0, b1); });
+    return EK_OK;
+  }
+#ifdef EK_HAVE_X86
+  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) {
+    if (s.bits == 2) rows_avx2_a8<2>(s, a, qw, sc, zr, y, b0, b1);
+    else if (s.bits == 4) rows_avx2_a8<4>(s, a, qw, sc, zr, y, b0, b1);
+    else rows_avx2_a8<8>(s, a, qw, sc, zr, y, b0, b1);
+  });
+  return EK_OK;
+#else
+  return EK_UNSUPPORTED;
+#endif
+}
+
 }  // namespace
 
 extern "C" {
@@ -461,6 +738,33 @@ double ek_bench_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* q
   for (int i = 0; i < iters; ++i) {
     ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
   }
+  std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / iters;
+}
+
+int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                    const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                    int64_t group_size, float* y, int impl) {
+  Shape s;
+  if (!x || !qweight || !scale || !zero || !y) return EK_BAD_ARG;
+  if (!make_shape(M, K, N, bits, group_size, &s)) return EK_BAD_ARG;
+  return linear_a8(x, s, qweight, scale, zero, y, impl);
+}
+
+int ek_linear_wq_a8_pick(int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  if (!make_shape(1, K, 1, bits, group_size, &s)) return -1;
+  return pick_a8(s);
+}
+
+double ek_bench_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                             const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                             int64_t group_size, float* y, int impl, int iters) {
+  if (iters < 1) return -EK_BAD_ARG;
+  int st = ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl);
+  if (st != EK_OK) return -st;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl);
   std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   return dt.count() / iters;
 }

@@ -61,6 +61,26 @@ int ek_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                  int64_t group_size, float* y, float* workspace, size_t workspace_floats,
                  int impl);
 
+/* Same contract with int8 activations ("a8"): x is quantized per group of g columns,
+ *   amax = max |x[k]| over the group's real columns, inv = amax > 0 ? 127 / amax : 0 (fp32),
+ *   xq[k] = round_half_even(x[k] * inv) in [-127, 127], dx = amax / 127,
+ * and y[m, n] = sum_g scale[n,g] * dx[m,g] * isum[m,n,g] + zero[n,g] * xsum[m,g], where
+ * isum = sum_k u[n,k] * xq[m,k] is an exact integer and xsum the float sum of the group's x.
+ * Implementations: scalar (all bit widths, the reference) and AVX2 (b = 2, 4, 8 with
+ * g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16). The workspace is internal
+ * (grown once per thread). Same status codes as ek_linear_wq. */
+int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                    const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                    int64_t group_size, float* y, int impl);
+
+/* Which implementation ek_linear_wq_a8 with EK_IMPL_AUTO would use. */
+int ek_linear_wq_a8_pick(int64_t K, int bits, int64_t group_size);
+
+/* ek_bench_linear_wq for the a8 path. */
+double ek_bench_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                             const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                             int64_t group_size, float* y, int impl, int iters);
+
 /* Which implementation EK_IMPL_AUTO would use for this shape on this CPU (an ek_impl). */
 int ek_linear_wq_pick(int64_t K, int bits, int64_t group_size);
 

@@ -46,7 +46,8 @@ std::vector<uint8_t> pack(const std::vector<int>& codes, int64_t N, int64_t K, i
   return out;
 }
 
-bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl, unsigned seed) {
+bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl, unsigned seed,
+              bool a8 = false) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
@@ -59,18 +60,25 @@ bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl
   for (auto& v : zr) v = float_to_half(0.2f * uni(rng));
   std::vector<float> x(M * K), ref(M * N), y(M * N);
   for (auto& v : x) v = uni(rng);
-  int st = ek_linear_wq(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, ref.data(),
-                        nullptr, 0, EK_IMPL_SCALAR);
-  int st2 = ek_linear_wq(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, y.data(),
-                         nullptr, 0, impl);
+  int st, st2;
+  if (a8) {  // int8 activations: the SIMD path against the a8 scalar reference
+    st = ek_linear_wq_a8(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, ref.data(),
+                         EK_IMPL_SCALAR);
+    st2 = ek_linear_wq_a8(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, y.data(), impl);
+  } else {
+    st = ek_linear_wq(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, ref.data(),
+                      nullptr, 0, EK_IMPL_SCALAR);
+    st2 = ek_linear_wq(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, y.data(),
+                       nullptr, 0, impl);
+  }
   float maxref = 0.f, maxerr = 0.f;
   for (int64_t i = 0; i < M * N; ++i) {
     maxref = std::fmax(maxref, std::fabs(ref[i]));
     maxerr = std::fmax(maxerr, std::fabs(ref[i] - y[i]));
   }
   bool ok = st == EK_OK && st2 == EK_OK && maxerr <= 2e-5f * maxref;
-  std::printf("%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld rel_err=%.2e\n", ok ? "ok  " : "FAIL",
-              impl, bits, static_cast<long long>(M), static_cast<long long>(N),
+  std::printf("%s%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld rel_err=%.2e\n", ok ? "ok  " : "FAIL",
+              a8 ? " a8" : "", impl, bits, static_cast<long long>(M), static_cast<long long>(N),
               static_cast<long long>(K), static_cast<long long>(group),
               maxref > 0 ? maxerr / maxref : 0.0);
   return ok;
@@ -91,6 +99,23 @@ int main() {
       for (const auto& s : shapes) {
         ++checked;
         if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.N * 31 + bits)))
+          ++failed;
+      }
+    }
+  }
+  // int8 activations: AVX2 for 2/4/8 bits (pairs of 16-byte groups, odd G, long groups with a
+  // 16-byte tail, per-channel rows)
+  struct {
+    int64_t M, N, K, g;
+  } a8shapes[] = {{1, 37, 576, 64}, {3, 5, 1536, 64}, {1, 9, 192, 128}, {2, 7, 576, 32},
+                  {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}};
+  if (ek_impl_available(EK_IMPL_AVX2)) {
+    for (int bits : {2, 4, 8}) {
+      for (const auto& s : a8shapes) {
+        int64_t g = s.g <= 0 ? s.K : s.g;
+        if ((g * bits) % 128 != 0) continue;
+        ++checked;
+        if (!run_case(s.M, s.N, s.K, bits, s.g, EK_IMPL_AVX2, static_cast<unsigned>(s.K + bits), true))
           ++failed;
       }
     }
