@@ -158,6 +158,9 @@ def test_stories_w2g64_package_greedy_matches_eager(stories_w2):
     d, res, man = stories_w2
     assert man["quantization"] == res["config"] and man["quantization"]["preset"] == "w2g64"
     assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2"]
+    # wq/wk/wv and w1/w3 run as one stacked call each: 4 calls per layer instead of 7
+    assert man["programs"]["executorch"]["fused_linear_groups"] == 2 * 5
+    assert man["programs"]["executorch"]["custom_op_calls"] == 4 * 5
     assert man["programs"]["onnx"]["custom_ops"] == ["com.microsoft::MatMulNBits"]
     assert man["programs"]["onnx"]["matmul_nbits"] == 5 * 7  # every block linear; tied head stays float
     lm = load_model(d / "ckpt", max_seq_len=128)

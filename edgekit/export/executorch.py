@@ -181,4 +181,5 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
             "inputs": {"tokens": "int64 [1, T]", "input_pos": "int64 [T]"},
             "outputs": {"logits": "float32 [1, T, V]"}, "dynamic_T": [1, max_chunk],
             # custom ops the runtime must register before loading (edgekit.kernels.ops.load_et_kernels)
-            "custom_ops": sorted(qlow["ops"]), **stats}
+            "custom_ops": sorted(qlow["ops"]), "custom_op_calls": sum(qlow["ops"].values()),
+            "fused_linear_groups": qlow["fused_groups"], **stats}
