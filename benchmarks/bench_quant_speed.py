@@ -186,11 +186,20 @@ def bench_llama_cpp(path: Path, prompt: list[int], gen_len: int, reps: int, thre
 
 # --- ours -----------------------------------------------------------------------------------------
 
-def export_variant(shape: str, variant: str, work: Path, seq: int, n_layers: int | None):
+def export_variant(shape: str, variant: str, work: Path, seq: int, n_layers: int | None, reuse: bool = False):
     from edgekit.export.builder import export_package
+    from edgekit.export.package import read_manifest
     from edgekit.quant import preset_config, quantize_
 
     lm = random_float_model(shape, seq, n_layers=n_layers)
+    d = work / f"{shape}-{variant}"
+    if reuse and (d / "manifest.json").exists():  # exported by an earlier --export-only run
+        man = read_manifest(d)
+        if man.get("quantization"):  # the same RTN result: bytes per token come from the modules
+            from edgekit.quant import QuantConfig
+
+            quantize_(lm.model, QuantConfig.from_dict(man["quantization"]))
+        return lm, d, man, float(sum(man["build"]["stage_seconds"].values()))
     preset, hb, hg, ab = VARIANTS[variant]
     hook = None
     if preset:
@@ -200,7 +209,6 @@ def export_variant(shape: str, variant: str, work: Path, seq: int, n_layers: int
         def hook(m):
             quantize_(m, cfg)
             return cfg.to_dict()
-    d = work / f"{shape}-{variant}"
     t0 = time.perf_counter()
     man = export_package(lm, d, formats="both", max_chunk=32, force=True, quant=hook, verify=False,
                          log=lambda s: None)
@@ -223,6 +231,9 @@ def main() -> None:
     ap.add_argument("--stop-at", help="HH:MM UTC: start no new export after this time (shared box)")
     ap.add_argument("--work", help="directory for packages and GGUF files (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--export-only", action="store_true",
+                    help="only export the packages into --work (untimed; can run while the box is busy)")
+    ap.add_argument("--reuse", action="store_true", help="time packages an --export-only run left in --work")
     a = ap.parse_args()
 
     from edgekit.profile.host import measure_bandwidth
@@ -273,7 +284,7 @@ def main() -> None:
         return res
 
     for shape in a.shapes:
-        if have_llama:
+        if have_llama and not a.export_only:
             lm = random_float_model(shape, a.max_seq_len, n_layers=a.layers)
             f32 = work / f"{shape}-f32.gguf"
             write_gguf_f32(lm, f32)
@@ -295,7 +306,10 @@ def main() -> None:
                 log(f"{shape} {variant}: skipped (--stop-at {a.stop_at} UTC reached)")
                 continue
             log(f"{shape} {variant}: export")
-            lm, d, man, secs = export_variant(shape, variant, work, a.max_seq_len, a.layers)
+            lm, d, man, secs = export_variant(shape, variant, work, a.max_seq_len, a.layers, reuse=a.reuse)
+            if a.export_only:
+                log(f"  exported in {secs:.0f} s -> {d}")
+                continue
             bpt = decode_bytes(lm.model)
             prompt = bench_prompt(a.prompt_len, lm.args.vocab_size)
             row = {"shape": shape, "runtime": "executorch-native", "format": variant, "export_s": round(secs, 1),
@@ -320,7 +334,8 @@ def main() -> None:
                          "decode_tok_s": r["decode_tok_s"]})
             log(f"  -> {r['decode_tok_s']['median']:.1f} tok/s")
             save()
-            shutil.rmtree(d, ignore_errors=True)
+            if not (a.reuse or a.work):
+                shutil.rmtree(d, ignore_errors=True)
     print(markdown(save()))
 
 

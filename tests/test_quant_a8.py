@@ -67,12 +67,14 @@ A8_CASES = [  # bits, group, N, K
 @pytest.mark.parametrize("bits,group,N,K", A8_CASES)
 @pytest.mark.parametrize("M", [1, 5])
 def test_a8_kernel_matches_reference(bits, group, N, K, M):
-    from edgekit.kernels.cpu import linear_wq
+    from edgekit.kernels.cpu import available_impls, linear_wq
 
     lay, codes, q, scale, zero = _case(bits, group, N, K, seed=N * K + bits)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(M))
     ref = linear_a8_reference(x, q, scale, zero, lay, K)
-    for impl in ("scalar", "auto"):
+    simd_ok = bits in (2, 4, 8) and (lay.group(K) * bits) % 128 == 0
+    impls = ["scalar", "auto"] + [i for i in ("avx2", "avxvnni") if simd_ok and i in available_impls()]
+    for impl in impls:
         y = torch.from_numpy(linear_wq(x, q, scale, zero, bits, group, impl=impl, act_bits=8))
         rel = float((y - ref).abs().max() / ref.abs().max())
         assert rel < 1e-5, (impl, rel)

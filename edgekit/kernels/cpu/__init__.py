@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.errors import UserError
 
-IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3}
+IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3, "avxvnni": 4}  # avxvnni: int8-activation path only
 _NAMES = {v: k for k, v in IMPLS.items()}
 
 _lib: ctypes.CDLL | None = None

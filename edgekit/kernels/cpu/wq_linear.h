@@ -42,6 +42,7 @@ enum ek_impl {
   EK_IMPL_SCALAR = 1,  /* the reference */
   EK_IMPL_AVX2 = 2,
   EK_IMPL_NEON = 3,
+  EK_IMPL_AVXVNNI = 4, /* AVX2 + AVX-VNNI (vpdpbusd): the int8-activation path only */
 };
 
 /* Row bytes of a packed row of K codes: ceil(ceil(K/g)*g * bits / 8). */
@@ -66,8 +67,9 @@ int ek_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
  *   xq[k] = round_half_even(x[k] * inv) in [-127, 127], dx = amax / 127,
  * and y[m, n] = sum_g scale[n,g] * dx[m,g] * isum[m,n,g] + zero[n,g] * xsum[m,g], where
  * isum = sum_k u[n,k] * xq[m,k] is an exact integer and xsum the float sum of the group's x.
- * Implementations: scalar (all bit widths, the reference) and AVX2 (b = 2, 4, 8 with
- * g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16). The workspace is internal
+ * Implementations: scalar (all bit widths, the reference), AVX2 and AVX2+AVX-VNNI (b = 2, 4, 8
+ * with g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16); no NEON version yet
+ * (aarch64 runs the scalar reference). The workspace is internal
  * (grown once per thread). Same status codes as ek_linear_wq. */
 int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                     const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,

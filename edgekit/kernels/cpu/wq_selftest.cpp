@@ -109,14 +109,14 @@ int main() {
     int64_t M, N, K, g;
   } a8shapes[] = {{1, 37, 576, 64}, {3, 5, 1536, 64}, {1, 9, 192, 128}, {2, 7, 576, 32},
                   {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}};
-  if (ek_impl_available(EK_IMPL_AVX2)) {
+  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI}) {
+    if (!ek_impl_available(impl)) continue;
     for (int bits : {2, 4, 8}) {
       for (const auto& s : a8shapes) {
         int64_t g = s.g <= 0 ? s.K : s.g;
         if ((g * bits) % 128 != 0) continue;
         ++checked;
-        if (!run_case(s.M, s.N, s.K, bits, s.g, EK_IMPL_AVX2, static_cast<unsigned>(s.K + bits), true))
-          ++failed;
+        if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.K + bits), true)) ++failed;
       }
     }
   }

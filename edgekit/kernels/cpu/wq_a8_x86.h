@@ -1,0 +1,158 @@
+// x86 kernels of the int8-activation path (wq_linear.cpp, "int8 activations"). Included twice
+// by wq_linear.cpp, inside namespace a8_avx2 (EK_TGT = avx2,fma,f16c; EK_VNNI 0) and a8_vnni
+// (plus avxvnni: vpdpbusd replaces maddubs + madd; EK_VNNI 1), so each copy is compiled for its
+// own instruction set and CPUID picks one at run time. Not a standalone header.
+
+// Sum over code slots j of u * xq for one 32-byte chunk: 8 int32 lanes, lanes 0-3 from the low
+// 16 bytes, 4-7 from the high 16. 2/4 bits: u8 codes x s8 activations with maddubs (pairs,
+// summed over j in int16: at most 2 * CPB * 15 * 127 < 2^15). 8 bits: codes 0..255 would
+// saturate maddubs, so both sides are widened to int16 and multiplied with madd.
+template <int BITS>
+EK_TGT inline __m256i chunk_dot(__m256i v, const int8_t* xq) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (BITS == 8) {
+    const __m256i r0 = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq))));
+    const __m256i r1 = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16))));
+    // hadd leaves 64-bit quarters (r0, r1, r0, r1); reorder to lanes 0-3 = r0, 4-7 = r1
+    return _mm256_permute4x64_epi64(_mm256_hadd_epi32(r0, r1), 0xd8);
+  } else if constexpr (EK_VNNI) {  // vpdpbusd: u8 x s8, four products summed per int32 lane
+    constexpr int CPB = 8 / BITS;
+    const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < CPB; ++j) {
+      const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
+      acc = _mm256_dpbusd_avx_epi32(acc, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j)));
+    }
+    return acc;
+  } else {
+    constexpr int CPB = 8 / BITS;
+    const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
+    __m256i acc = _mm256_maddubs_epi16(_mm256_and_si256(v, mask),
+                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+    for (int j = 1; j < CPB; ++j) {
+      const __m256i c = _mm256_and_si256(_mm256_srli_epi16(v, BITS * j), mask);
+      acc = _mm256_add_epi16(
+          acc, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j))));
+    }
+    return _mm256_madd_epi16(acc, ones);
+  }
+}
+
+// The same for a lone 16-byte unit: 4 int32 lanes.
+template <int BITS>
+EK_TGT inline __m128i unit_dot(__m128i v, const int8_t* xq) {
+  const __m128i ones = _mm_set1_epi16(1);
+  if constexpr (BITS == 8) {
+    const __m256i r = _mm256_madd_epi16(
+        _mm256_cvtepu8_epi16(v), _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq))));
+    return _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  } else {
+    constexpr int CPB = 8 / BITS;
+    const __m128i mask = _mm_set1_epi8((1 << BITS) - 1);
+    __m128i acc = _mm_maddubs_epi16(_mm_and_si128(v, mask), _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+    for (int j = 1; j < CPB; ++j) {
+      const __m128i c = _mm_and_si128(_mm_srli_epi16(v, BITS * j), mask);
+      acc = _mm_add_epi16(acc, _mm_maddubs_epi16(c, _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j))));
+    }
+    return _mm_madd_epi16(acc, ones);
+  }
+}
+
+EK_TGT inline float hsum128(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+  return _mm_cvtss_f32(v);
+}
+
+// One group per 16-byte unit (w2g64, w4g32, w8g16): 32-byte chunks hold groups (g, g+1).
+// Eight groups at a time share one F16C conversion of their scales and zeros.
+template <int BITS>
+EK_TGT float row_pairs_a8(const Shape& s, const A8& a, const uint8_t* row, const uint16_t* sc,
+                           const uint16_t* zr, int64_t m) {
+  const int8_t* xq = a.xq + m * s.K_pad;
+  const float* dx = a.dx + m * s.G;
+  const float* xs = a.xsum + m * s.G;
+  const int64_t cb = 16 * (8 / BITS);  // codes per unit (= per group)
+  __m256 facc = _mm256_setzero_ps(), zacc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= s.G; g += 8) {
+    const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
+    const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zr + g)));
+    const __m256 p = _mm256_mul_ps(sv, _mm256_loadu_ps(dx + g));
+    zacc = _mm256_fmadd_ps(zv, _mm256_loadu_ps(xs + g), zacc);
+    for (int c = 0; c < 4; ++c) {
+      const int64_t gg = g + 2 * c;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + gg * 16));
+      const __m256 f = _mm256_cvtepi32_ps(chunk_dot<BITS>(v, xq + gg * cb));
+      const __m256i idx = _mm256_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1);
+      facc = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(p, idx), facc);
+    }
+  }
+  float tail = 0.f;
+  for (; g + 2 <= s.G; g += 2) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
+    const __m256 f = _mm256_cvtepi32_ps(chunk_dot<BITS>(v, xq + g * cb));
+    const __m256 p = _mm256_set_m128(_mm_set1_ps(_cvtsh_ss(sc[g + 1]) * dx[g + 1]),
+                                     _mm_set1_ps(_cvtsh_ss(sc[g]) * dx[g]));
+    facc = _mm256_fmadd_ps(f, p, facc);
+    tail += _cvtsh_ss(zr[g]) * xs[g] + _cvtsh_ss(zr[g + 1]) * xs[g + 1];
+  }
+  if (g < s.G) {  // lone last group: it was permuted as a 16-byte unit
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16));
+    const __m128 f = _mm_cvtepi32_ps(unit_dot<BITS>(v, xq + g * cb));
+    tail += hsum128(f) * (_cvtsh_ss(sc[g]) * dx[g]) + _cvtsh_ss(zr[g]) * xs[g];
+  }
+  return hsum256(_mm256_add_ps(facc, zacc)) + tail;
+}
+
+// Groups of 32 bytes or more (w2g128, w4g64+, w8 per channel): int32 lanes per group, then
+// one FMA with the group's scale * dx.
+template <int BITS>
+EK_TGT float row_groups_a8(const Shape& s, const A8& a, const uint8_t* row, const uint16_t* sc,
+                            const uint16_t* zr, int64_t m) {
+  const int8_t* xq = a.xq + m * s.K_pad;
+  const float* dx = a.dx + m * s.G;
+  const float* xs = a.xsum + m * s.G;
+  constexpr int CPB = 8 / BITS;
+  const int64_t gb = s.g * BITS / 8;
+  __m256 facc = _mm256_setzero_ps();
+  float tail = 0.f;
+  const uint8_t* p = row;
+  for (int64_t g = 0; g < s.G; ++g) {
+    const int8_t* xg = xq + g * s.g;
+    __m256i acc = _mm256_setzero_si256();
+    int64_t b = 0;
+    for (; b + 32 <= gb; b += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + b));
+      acc = _mm256_add_epi32(acc, chunk_dot<BITS>(v, xg + b * CPB));
+    }
+    if (b < gb) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b));
+      acc = _mm256_add_epi32(acc, _mm256_zextsi128_si256(unit_dot<BITS>(v, xg + b * CPB)));
+    }
+    p += gb;
+    float sdx = _cvtsh_ss(sc[g]) * dx[g];
+    facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(sdx), facc);
+    tail += _cvtsh_ss(zr[g]) * xs[g];
+  }
+  return hsum256(facc) + tail;
+}
+
+template <int BITS>
+EK_TGT void rows_avx2_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16_t* sc,
+                          const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
+  const bool pairs = s.g * BITS / 8 == 16;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = qw + n * s.row_bytes;
+    const uint16_t* scn = sc + n * s.G;
+    const uint16_t* zrn = zr + n * s.G;
+    for (int64_t m = 0; m < s.M; ++m) {
+      y[m * s.N + n] = pairs ? row_pairs_a8<BITS>(s, a, row, scn, zrn, m)
+                             : row_groups_a8<BITS>(s, a, row, scn, zrn, m);
+    }
+  }
+}
