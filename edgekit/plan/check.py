@@ -66,7 +66,10 @@ def predict_package(package: str | os.PathLike, target: Target | None = None, *,
             priced for that window of the static ``max_seq_len`` cache.
 
     Returns:
-        ``{"shape", "format", "memory": MemoryBreakdown, "speed": SpeedEstimate | None, "context"}``.
+        ``{"shape", "format", "memory": MemoryBreakdown, "speed": SpeedEstimate | None, "context",
+        "max_chunk", "library_pages"}``; ``library_pages``: the bytes of ``memory``'s
+        ``runtime.process`` that are shared-library pages (compare ``memory.total -
+        library_pages`` with a measured ``RunStats.private_peak``).
 
     Raises:
         UserError: not a package, or an unknown ``kind``.
@@ -92,21 +95,37 @@ def predict_package(package: str | os.PathLike, target: Target | None = None, *,
         speed = decode_speed(shape, fmt, target, context=S if static else min(S, prompt_len + gen_len),
                              prompt=prompt_len, kv_bytes=4, prefill_chunk=chunk, static_cache=static)
     return {"shape": shape, "format": preset, "memory": mem, "speed": speed, "context": S,
-            "max_chunk": chunk}
+            "max_chunk": chunk, "library_pages": rt.library_pages()}
 
 
-# Runs argv[2:] and writes its rusage peak RSS to the file argv[1]. A small wrapper process is the
-# parent, because Linux carries the parent's high-water RSS into a forked (or vforked) child across
-# exec: measured straight from a large process (one that imported torch) every child would report
-# at least the parent's peak.
+# Runs argv[2:] and writes its rusage peak RSS, CPU and wall seconds and the largest file-backed
+# RSS seen to the file argv[1]. A small wrapper process is the parent, because Linux carries the
+# parent's high-water RSS into a forked (or vforked) child across exec: measured straight from a
+# large process (one that imported torch) every child would report at least the parent's peak.
+# While waiting it samples the child's RssFile (/proc/PID/status) every few milliseconds: mapped
+# shared libraries stay mapped until exit, so the largest sample is (to a few pages) their
+# resident size at the peak too.
 _WRAPPER = """
 import os, subprocess, sys, time
 t0 = time.perf_counter()
 p = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(p.pid, 0)
+status, file_kib = f"/proc/{p.pid}/status", 0
+while True:
+    pid, code, usage = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("RssFile:"):
+                    file_kib = max(file_kib, int(line.split()[1]))
+                    break
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.005)
 wall = time.perf_counter() - t0
-open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {wall}")
-sys.exit(os.waitstatus_to_exitcode(status))
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {wall} {file_kib}")
+sys.exit(os.waitstatus_to_exitcode(code))
 """
 
 
@@ -114,7 +133,15 @@ sys.exit(os.waitstatus_to_exitcode(status))
 class RunStats:
     """A finished command: exit status, output, its own peak RSS (bytes), CPU seconds (user +
     system) and wall seconds. ``cpu_s / wall_s`` of a one-thread program is the share of a core
-    it got: below 1 when other processes took the CPU from it."""
+    it got: below 1 when other processes took the CPU from it.
+
+    ``file_rss``: the largest file-backed RSS sampled while it ran (bytes; 0 where ``/proc`` is
+    missing or the command ended within a sample): mostly the pages of its shared libraries. Those
+    are clean, shared page cache, and how many of them the kernel maps depends on the page cache,
+    not on the command: right after a library was read or written sequentially (a fresh ``pip
+    install``) it sits in large folios and every fault maps more of it. ``edgekit run`` on
+    stories260K peaks 60-85 MiB higher then with the same anonymous memory, so compare
+    ``private_peak`` when the page cache may differ."""
 
     returncode: int
     stdout: str
@@ -122,6 +149,12 @@ class RunStats:
     peak_rss: int
     cpu_s: float
     wall_s: float
+    file_rss: int = 0
+
+    @property
+    def private_peak(self) -> int:
+        """Peak RSS without the file-backed pages (anonymous memory: heap, arenas, buffers)."""
+        return self.peak_rss - min(self.file_rss, self.peak_rss)
 
 
 def peak_rss(argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
@@ -137,7 +170,8 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
     """Run ``argv`` to completion and return its :class:`RunStats`.
 
     The peak is the child's own ``ru_maxrss`` from ``wait4`` in a small wrapper process (so no
-    polling misses a short spike, and the caller's own size does not leak into the number).
+    polling misses a short spike, and the caller's own size does not leak into the number); the
+    wrapper also samples the child's file-backed RSS (``RunStats.file_rss``).
 
     Raises:
         UserError: not on a POSIX system with ``wait4``; the command ran past ``timeout`` seconds.
@@ -154,9 +188,10 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
         if not rss_file.is_file():
             raise UserError(f"could not measure the peak RSS of {' '.join(argv[:4])} ...",
                             r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "check the command")
-        kib, cpu, wall = rss_file.read_text().split()
+        kib, cpu, wall, file_kib = rss_file.read_text().split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return RunStats(r.returncode, r.stdout, r.stderr, int(kib) * scale, float(cpu), float(wall))
+    return RunStats(r.returncode, r.stdout, r.stderr, int(kib) * scale, float(cpu), float(wall),
+                    int(file_kib) * 1024)
 
 
 def predicted_for_bench(package: str | os.PathLike, device: str, *, kind: str = "executorch",
