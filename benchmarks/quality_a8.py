@@ -20,13 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality_table import SHARED, log  # noqa: E402
+from quality_table import SHARED, log, stories_setup  # noqa: E402
 
-from edgekit.eval.ppl import perplexity  # noqa: E402
 from edgekit.models.load import load_model  # noqa: E402
 from edgekit.quant import calibration_tokens, preset_config, quantize_  # noqa: E402
 from edgekit.quant.modules import set_act_bits  # noqa: E402
-from edgekit.runtime.engine import EagerBackend  # noqa: E402
 
 CASES = [("w2g64", "decoupleq"), ("w2g64", "rtn"), ("w4g32", "rtn"), ("w8", "rtn")]
 
@@ -36,15 +34,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=20000)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
-    text = (SHARED / "corpora" / "tinystories_val.txt").read_text()
-    half = len(text) // 2
-    eval_text, calib_text = text[:half], text[half:]
-    lm = load_model(SHARED / "models" / "stories260K")
+    lm, calib_text, ppl = stories_setup(a.eval_tokens)
     tok = lm.tokenizer
-
-    def ppl(model) -> float:
-        return perplexity(EagerBackend(model, max_chunk=256), tok, eval_text, max_tokens=a.eval_tokens,
-                          window=256, stride=128).ppl
 
     fp32 = ppl(lm.model)
     log(f"fp32 ppl {fp32:.4f}")

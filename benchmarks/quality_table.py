@@ -49,17 +49,24 @@ def log(msg: str) -> None:
 
 # --- stories260K ------------------------------------------------------------------------------
 
-def stories_table(args) -> dict:
+def stories_setup(eval_tokens: int):
+    """stories260K, its calibration text (second half of tinystories_val.txt) and ``ppl(model)`` on
+    the first ``eval_tokens`` tokens of the first half (window 256, stride 128)."""
     text = (SHARED / "corpora" / "tinystories_val.txt").read_text()
     half = len(text) // 2
     eval_text, calib_text = text[:half], text[half:]
     lm = load_model(SHARED / "models" / "stories260K")
-    tok = lm.tokenizer
 
     def ppl(model) -> float:
-        r = perplexity(EagerBackend(model, max_chunk=256), tok, eval_text, max_tokens=args.eval_tokens,
-                       window=256, stride=128)
-        return r.ppl
+        return perplexity(EagerBackend(model, max_chunk=256), lm.tokenizer, eval_text, max_tokens=eval_tokens,
+                          window=256, stride=128).ppl
+
+    return lm, calib_text, ppl
+
+
+def stories_table(args) -> dict:
+    lm, calib_text, ppl = stories_setup(args.eval_tokens)
+    tok = lm.tokenizer
 
     t0 = time.perf_counter()
     fp32 = ppl(lm.model)

@@ -453,6 +453,19 @@ bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot qu
 }
 #endif
 
+// Mean seconds per call of `call` over `iters` back-to-back calls after one untimed call, or a
+// negative status when that first call fails.
+template <class F>
+double time_calls(int iters, const F& call) {
+  if (iters < 1) return -EK_BAD_ARG;
+  int st = call();
+  if (st != EK_OK) return -st;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) call();
+  std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / iters;
+}
+
 int pick_a8(const Shape& s) {
 #ifdef EK_HAVE_X86
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avxvnni()) return EK_IMPL_AVXVNNI;
@@ -626,15 +639,9 @@ int ek_set_num_threads(int n) {
 double ek_bench_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                           const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
                           int64_t group_size, float* y, int impl, int iters) {
-  if (iters < 1) return -EK_BAD_ARG;
-  int st = ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
-  if (st != EK_OK) return -st;
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) {
-    ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
-  }
-  std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
-  return dt.count() / iters;
+  return time_calls(iters, [&] {
+    return ek_linear_wq(x, M, K, qweight, scale, zero, N, bits, group_size, y, nullptr, 0, impl);
+  });
 }
 
 int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
@@ -655,13 +662,7 @@ int ek_linear_wq_a8_pick(int64_t K, int bits, int64_t group_size) {
 double ek_bench_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                              const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
                              int64_t group_size, float* y, int impl, int iters) {
-  if (iters < 1) return -EK_BAD_ARG;
-  int st = ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl);
-  if (st != EK_OK) return -st;
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl);
-  std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
-  return dt.count() / iters;
+  return time_calls(iters, [&] { return ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl); });
 }
 
 const char* ek_status_str(int status) {
