@@ -82,20 +82,21 @@ _ALL = frozenset({"w2g64", "w2g128", "w3g64", "w4g32", "w4g128", "w8", "fp16", "
 
 BACKENDS: dict[str, BackendInfo] = {
     "xnnpack": BackendInfo(
-        "cpu", 0.75, 0.6, 15e-6, _ALL, "fp32", "fp32",
+        "cpu", 0.75, 0.6, 13.6e-6, _ALL, "fp32", "fp32",
         "llama.cpp/ExecuTorch CPU decode reaches 60-85% of STREAM bandwidth; XNNPACK GEMM ~60% of "
         "measured peak; 2/3-bit through edgekit's own CPU kernels. Checked by "
-        "benchmarks/bench_plan_vs_measured.py (edgekit run/bench, 1 thread, AMD EPYC Zen 4 KVM shared with "
-        "other jobs): fp32 SmolLM2-135M decode streamed 0.62-0.94 of the best streaming rate of the same "
-        "run at load 6-11 (0.34-0.42 in two runs where the profile caught a quieter moment than the bench); "
-        "score_s 6.5 ns from stories260K's step time at S=1024 vs S=256 (+240 us for 30,720 more "
-        "scores per step; its 1.3 MB of weights stay in the LLC)",
-        score_s=6.5e-9),
+        "benchmarks/bench_plan_vs_measured.py (edgekit run/bench, 1 thread, AMD EPYC 2-core KVM, idle: "
+        "load 0.7, bench CPU share 1.0): fp32 SmolLM2-135M decode streamed 0.85-0.95 of the best "
+        "streaming rate (0.75 kept: phones and shared hosts reach less). layer_overhead_s 13.6 us and "
+        "score_s 3.0 ns solved from stories260K's step times at S=256 and S=1024 (111 and 211 us; its "
+        "1.3 MB of weights stay in the LLC) on the idle host; a run at load 6-11 had measured 15 us and 6.5 ns",
+        score_s=3.0e-9),
     "onnxruntime": BackendInfo(
-        "cpu", 0.6, 0.5, 50e-6, frozenset({"w4g32", "w4g128", "w8", "fp16", "fp32"}), "fp32", "fp32",
+        "cpu", 0.6, 0.5, 33e-6, frozenset({"w4g32", "w4g128", "w8", "fp16", "fp32"}), "fp32", "fp32",
         "ORT CPU EP MatMulNBits (4-bit) / int8 MatMulInteger; estimate: less fused than XNNPACK. "
         "layer_overhead_s measured: stories260K through edgekit's Python ORT backend (past K/V fed "
-        "and returned as numpy arrays per layer), ~260 us per 5-layer step at 1 thread"),
+        "and returned as numpy arrays per layer), 181 us per 5-layer step at 1 thread on an idle "
+        "2-core host, the same at S=256 and 1024 (~260 us at load 6-11)"),
     "cuda": BackendInfo(
         "gpu", 0.8, 0.6, 40e-6, _ALL, "fp16", "fp16",
         "gpt-fast / llama.cpp int4 GEMV reach 80-90% of HBM/GDDR peak; ~8 launches x 5 us per layer"),
