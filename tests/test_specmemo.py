@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgekit.runtime.memory import CHAINS, TREES
+
 from edgekit.errors import BudgetError
 from edgekit.models.load import load_model
 from edgekit.runtime.engine import EagerBackend, Engine
@@ -40,7 +42,9 @@ def test_chat_under_budget_matches_plain_greedy(stories_dir, draft, spec):
     assert rows[0] % 64 == 0
     rep = s.report()
     assert rep["generation_bytes"] < 2 * MIB
-    assert {"kv_cache", "spec.candidate_tail", "activations"} <= set(rep["memory"])
+    assert {"kv_cache", "activations"} <= set(rep["memory"])
+    if spec is not None or s.turns[-1].spec != "none":  # a draft setting was in use: its tail is accounted
+        assert "spec.candidate_tail" in rep["memory"]
 
 
 def test_budget_too_small_for_plain_decoding_names_the_minimum(stories_dir):
@@ -54,8 +58,9 @@ def test_budget_too_small_for_plain_decoding_names_the_minimum(stories_dir):
 
 def test_choice_is_smallest_within_96_percent(stories_dir):
     lm = load_model(stories_dir)
-    mm = SpecMemo.for_model(lm.model, 1 << 40, draft_kind="early-exit", exit_layer=4)
-    for _ in range(200):  # measured: target token is the draft's top-1 80% of the time
+    # early exit at 2 of 5 layers (+ the head: ~0.47 of a target step) with 80% acceptance
+    mm = SpecMemo.for_model(lm.model, 1 << 40, draft_kind="early-exit", exit_layer=2)
+    for _ in range(200):  # target token is the draft's top-1 80% of the time
         mm.accept.observe(0)
     for r in [None] * 30 + [1] * 20:
         mm.accept.observe(r)
@@ -70,9 +75,23 @@ def test_choice_is_smallest_within_96_percent(stories_dir):
     # A budget that cannot hold the big trees' tails forces a smaller setting, still fitting.
     w = model_weight_bytes(lm.model)
     tight = SpecMemo.for_model(lm.model, w + mm.generation(256 + 2, SpecConfig(k=1)) + 1,
-                               draft_kind="early-exit", exit_layer=4)
+                               draft_kind="early-exit", exit_layer=2)
+    for r in [0] * 200 + [None] * 30 + [1] * 20:
+        tight.accept.observe(r)
     c2 = tight.choose(256)
     assert c2 is not None and tight.total(256 + c2.tokens_per_step, c2) <= tight.budget
+
+
+def test_plain_decoding_when_no_draft_setting_pays(stories_dir):
+    """An early exit at 4 of stories260K's 5 layers reads ~0.8 of a target step (its layers and
+    the head): at stories260K's measured acceptance (~0.5) every chain and tree is predicted
+    slower than plain decoding, so the manager decodes plainly."""
+    lm = load_model(stories_dir)
+    mm = SpecMemo.for_model(lm.model, 1 << 40, draft_kind="early-exit", exit_layer=4)
+    for r in [0] * 50 + [None] * 50:
+        mm.accept.observe(r)
+    assert mm.choose(256) is None
+    assert max(mm.predicted_tok_s(o) for o in CHAINS + TREES) <= mm.predicted_tok_s(None)
 
 
 def test_chat_cli_matches_generate_and_reports_memory(stories_dir):

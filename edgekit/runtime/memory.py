@@ -97,7 +97,8 @@ class SpecMemo:
 
     ``cost(tokens, layers)`` is the predicted seconds of a forward of ``tokens`` tokens through
     ``layers`` layers (+ head); by default the planner's roofline on ``target`` when given, else
-    a memory-bound model (cost grows 2% per extra token). ``draft_cost_layers``: layers a draft
+    a memory-bound model in relative units (the weights a forward reads: its layers plus the LM
+    head, which an early exit reads too; cost grows 2% per extra token). ``draft_cost_layers``: layers a draft
     step runs (early exit: K; a separate draft: its cost in target-layer equivalents).
     ``draft_weight_bytes``: weights the drafter adds (0 for an eager early exit; an exported
     early-exit draft program duplicates its K layers + head). ``draft_kv_layers``: layers of a
@@ -211,7 +212,12 @@ class SpecMemo:
             sh = self.shape.replace(n_layers=max(1, round(layers)))
             return forward_time(sh, WeightFormat(bits=32, float_bytes=4), self.target, tokens=tokens,
                                 context=max(self.rows_used, 64), kv_bytes=self.kv_bytes).seconds
-        return layers / self.args.n_layers * (1.0 + 0.02 * (tokens - 1))
+        # relative units: weights read, a layer's linears per layer plus the head every forward
+        a = self.args
+        hd = a.head_dim
+        per_layer = a.dim * hd * (2 * a.n_heads + 2 * a.n_kv_heads) + 3 * a.dim * a.hidden_dim
+        head = a.vocab_size * a.dim
+        return (layers * per_layer + head) / (a.n_layers * per_layer + head) * (1.0 + 0.02 * (tokens - 1))
 
     @staticmethod
     def tree_levels(spec: SpecConfig) -> int:
@@ -240,12 +246,15 @@ class SpecMemo:
     def choose(self, context: int, options: list[SpecConfig] | None = None) -> SpecConfig | None:
         """The smallest-memory setting whose predicted throughput is within ``keep`` of the best
         of all ``options`` (the unconstrained choice) and that fits the budget at ``context``
-        rows. Falls back to the fastest setting that fits, or None (plain decoding)."""
+        rows. Falls back to the fastest setting that fits, or None (plain decoding): also None
+        when plain decoding is predicted faster than every option."""
         if self.draft_kind == "none":
             return None
         options = options or (CHAINS + TREES)
         speed = {id(o): self.predicted_tok_s(o) for o in options}
         best = max(speed.values())
+        if best <= self.predicted_tok_s(None):
+            return None  # no draft setting beats plain decoding at the acceptance seen so far
         fits = [o for o in options if self.total(context + o.tokens_per_step, o) <= self.budget]
         good = [o for o in fits if speed[id(o)] >= self.keep * best]
         if good:
