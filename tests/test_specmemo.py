@@ -116,3 +116,19 @@ def test_chat_cli_budget_below_plain_decoding_exits_2(stories_dir):
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error:") and "--budget-mb" in line and "Traceback" not in r.stderr
+
+
+def test_measured_slower_speculation_falls_back_to_plain(stories_dir):
+    """observe_speed: a speculative turn that produced fewer tokens per second than its own
+    verification forwards alone would have (each >= a plain step) turns speculation off."""
+    lm = load_model(stories_dir)
+    mm = SpecMemo.for_model(lm.model, 1 << 40, draft_kind="early-exit", exit_layer=2)
+    for r in [0] * 200 + [None] * 30 + [1] * 20:
+        mm.accept.observe(r)
+    assert mm.choose(256) is not None
+    mm.observe_speed(new_tokens=4, decode_s=1.0, steps=3, verify_s=0.9)  # under 4 steps: too few to judge
+    assert mm.choose(256) is not None
+    mm.observe_speed(new_tokens=60, decode_s=1.0, steps=30, verify_s=0.5)  # 60 tok/s vs >= 60: keeps
+    assert mm.spec_pays
+    mm.observe_speed(new_tokens=30, decode_s=1.0, steps=25, verify_s=0.5)  # 30 vs >= 50: slower
+    assert not mm.spec_pays and mm.choose(256) is None

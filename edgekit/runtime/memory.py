@@ -127,6 +127,7 @@ class SpecMemo:
         self.runtime = runtime
         self.target = target
         self.accept = AcceptanceModel()
+        self.spec_pays = True  # False once a speculative turn measured slower than plain (observe_speed)
         self.rows = 0  # KV rows allocated so far
         self.rows_used = 0  # tokens the conversation already holds
         self.prefill_chunk = prefill_chunk  # shrunk when activations would not fit
@@ -243,6 +244,16 @@ class SpecMemo:
             t = self.tree_levels(spec) * self.cost(T, self.draft_layers) + self.cost(T, L)
         return e / t
 
+    def observe_speed(self, new_tokens: int, decode_s: float, steps: int, verify_s: float) -> None:
+        """Online check of the cost model after a speculative turn: its measured rate against
+        plain decoding estimated from the same turn (one target forward per verification step
+        is at least a plain step's cost: ``steps / verify_s`` tokens/s). When speculation was
+        slower, later turns decode plainly (``spec_pays`` False)."""
+        if steps < 4 or decode_s <= 0 or verify_s <= 0:
+            return
+        if new_tokens / decode_s < steps / verify_s:
+            self.spec_pays = False
+
     def choose(self, context: int, options: list[SpecConfig] | None = None) -> SpecConfig | None:
         """The smallest-memory setting whose predicted throughput is within ``keep`` of the best
         of all ``options`` (the unconstrained choice) and that fits the budget at ``context``
@@ -253,8 +264,8 @@ class SpecMemo:
         options = options or (CHAINS + TREES)
         speed = {id(o): self.predicted_tok_s(o) for o in options}
         best = max(speed.values())
-        if best <= self.predicted_tok_s(None):
-            return None  # no draft setting beats plain decoding at the acceptance seen so far
+        if best <= self.predicted_tok_s(None) or not self.spec_pays:
+            return None  # no draft setting beats plain decoding (predicted, or measured: observe_speed)
         fits = [o for o in options if self.total(context + o.tokens_per_step, o) <= self.budget]
         good = [o for o in fits if speed[id(o)] >= self.keep * best]
         if good:

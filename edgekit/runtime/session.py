@@ -239,6 +239,8 @@ class ChatSession:
             dec = SpecDecoder(self.engine, self.drafter, spec, observe=self.memo.accept.observe)
             res = dec.generate(ids, max_new_tokens, self.sampling, on_token=on_token, history=self.history)
             tau = res.tau
+            if self.managed:
+                self.memo.observe_speed(res.timings.new_tokens - 1, res.timings.decode_s, res.steps, res.verify_s)
             label = f"tree {spec.tree[0]}x{spec.tree[1]}" if spec.tree else f"chain k={spec.k}"
         # The cache holds a prefix of the conversation (a stop token's row is dropped); what
         # is past it is fed at the start of the next turn.

@@ -191,6 +191,7 @@ class ModelDrafter:
 class SpecResult(GenerationResult):
     steps: int = 0  # target verification forwards
     accepted: list[int] = field(default_factory=list)  # tokens emitted per step
+    verify_s: float = 0.0  # seconds in the target's verification forwards
 
     @property
     def tau(self) -> float:
@@ -198,7 +199,7 @@ class SpecResult(GenerationResult):
 
     def to_dict(self) -> dict:
         d = super().to_dict()
-        d.update(steps=self.steps, tau=self.tau)
+        d.update(steps=self.steps, tau=self.tau, verify_s=self.verify_s)
         return d
 
 
@@ -212,6 +213,7 @@ class SpecDecoder:
         self.target = target
         self.drafter = drafter
         self.cfg = cfg
+        self.verify_s = 0.0
         self.observe = observe or (lambda rank: None)
         drafter.full_logits = cfg.full_logits
 
@@ -238,6 +240,7 @@ class SpecDecoder:
         first = sampler(eng.prefill(prompt_ids))
         t.prefill_s = t.ttft_s = time.perf_counter() - t0
         t1 = time.perf_counter()
+        verify0 = self.verify_s
         out, accepted, steps, reason = [first], [1], 0, "length"
         context.append(first)
         if first in eng.stop_ids:
@@ -270,13 +273,16 @@ class SpecDecoder:
         if eng.tokenizer:
             full, head = eng.tokenizer.decode(prompt_ids + out), eng.tokenizer.decode(prompt_ids)
             text = full[len(head):] if full.startswith(head) else eng.tokenizer.decode(out)
-        return SpecResult(list(prompt_ids), out, text, reason, t, steps=steps, accepted=accepted[1:])
+        return SpecResult(list(prompt_ids), out, text, reason, t, steps=steps, accepted=accepted[1:],
+                          verify_s=self.verify_s - verify0)
 
     def _chain_step(self, context: list[int], k: int, sampler: Sampler, greedy: bool) -> list[int]:
         eng = self.target
         start = eng.pos  # == len(context) - 1: context[-1] is not in the target cache yet
         drafts, qs = self.drafter.chain(context, k, None if greedy else sampler)
+        tv = time.perf_counter()
         logits = eng.step([context[-1]] + drafts)  # (k+1, V)
+        self.verify_s += time.perf_counter() - tv
         new: list[int] = []
         for i, d in enumerate(drafts):
             if greedy:
@@ -310,10 +316,12 @@ class SpecDecoder:
         b = self.cfg.tree[0]
         tokens, parents = self.drafter.tree(context, b, max_nodes)
         # Greedy acceptance needs only each node's argmax: no T x V logits are kept.
+        tv = time.perf_counter()
         if self.cfg.full_logits:
             best = eng.backend.forward_tree(tokens, start, parents).argmax(-1)  # via (T, V)
         else:
             best = eng.backend.forward_tree(tokens, start, parents, argmax_only=True)  # (T,)
+        self.verify_s += time.perf_counter() - tv
         children: dict[int, dict[int, int]] = {}
         for i, p in enumerate(parents):
             if p >= 0:
