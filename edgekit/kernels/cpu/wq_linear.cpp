@@ -496,18 +496,13 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
     return EK_OK;
   }
 #ifdef EK_HAVE_X86
-  const bool vnni = impl == EK_IMPL_AVXVNNI;
-  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) {
-    if (vnni) {
-      if (s.bits == 2) a8_vnni::rows_avx2_a8<2>(s, a, qw, sc, zr, y, b0, b1);
-      else if (s.bits == 4) a8_vnni::rows_avx2_a8<4>(s, a, qw, sc, zr, y, b0, b1);
-      else a8_vnni::rows_avx2_a8<8>(s, a, qw, sc, zr, y, b0, b1);
-    } else {
-      if (s.bits == 2) a8_avx2::rows_avx2_a8<2>(s, a, qw, sc, zr, y, b0, b1);
-      else if (s.bits == 4) a8_avx2::rows_avx2_a8<4>(s, a, qw, sc, zr, y, b0, b1);
-      else a8_avx2::rows_avx2_a8<8>(s, a, qw, sc, zr, y, b0, b1);
-    }
-  });
+  using Rows = void (*)(const Shape&, const A8&, const uint8_t*, const uint16_t*, const uint16_t*, float*,
+                        int64_t, int64_t);
+  static const Rows table[2][3] = {  // [vnni][bits 2, 4, 8]
+      {a8_avx2::rows_avx2_a8<2>, a8_avx2::rows_avx2_a8<4>, a8_avx2::rows_avx2_a8<8>},
+      {a8_vnni::rows_avx2_a8<2>, a8_vnni::rows_avx2_a8<4>, a8_vnni::rows_avx2_a8<8>}};
+  const Rows rows = table[impl == EK_IMPL_AVXVNNI][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
+  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows(s, a, qw, sc, zr, y, b0, b1); });
   return EK_OK;
 #else
   return EK_UNSUPPORTED;
