@@ -38,9 +38,10 @@ FP32_TOL = {"top5_abs": 1e-3, "source_max_abs": 1e-3}
 # that output by a whole activation step. Logits are then compared at 5% of the golden top-5
 # magnitude; argmax and the greedy tokens stay exact checks for ExecuTorch (same integer math as
 # the eager model), except that greedy decoding may part at a near-tie: a step where the eager
-# top-1 and top-2 logits differ by less than that tolerance (golden "greedy_margins"). onnxruntime's MatMulNBits quantizes activations its own way (accuracy_level 4)
-# so its program is "approximate": per-position argmax agreement >= 60%, logits within 20% of the
-# top-5 magnitude and the first quarter of the greedy tokens equal (edgekit/export/verify.py).
+# top-1 and top-2 logits differ by less than that tolerance (golden "greedy_margins").
+# onnxruntime's MatMulNBits quantizes activations its own way (accuracy_level 4), so its program
+# is "approximate": per-position argmax agreement >= 60%, logits within 20% of the top-5
+# magnitude and the first quarter of the greedy tokens equal (edgekit/export/verify.py).
 A8_REL_TOL = 0.05
 
 # A quantization hook: called on the float model in the transform stage; it may modify the

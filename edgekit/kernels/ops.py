@@ -14,8 +14,9 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
 reference (dequantize with the layout's torch unpacker, then matmul); the fake implementation
 gives shapes for export. The ``a8`` ops quantize x to int8 per weight group and take exact
-integer dot products (edgekit.quant.modules.linear_a8_reference; C++: ek_linear_wq_a8). ExecuTorch's to_executorch() maps the functional op to its ``.out``
-overload, which is the name the C++ library registers.
+integer dot products (edgekit.quant.modules.linear_a8_reference; C++: ek_linear_wq_a8).
+ExecuTorch's to_executorch() maps the functional op to its ``.out`` overload, which is the name
+the C++ library registers.
 
 To run such a program in the Python ExecuTorch runtime, load the C++ ops first::
 

@@ -2,7 +2,8 @@
 
 The shared library is built together with the native runner (edgekit.runtime.native) and
 cached; the first call builds it. ``impl`` selects an implementation: ``"auto"``, ``"scalar"``
-(the reference), ``"avx2"``, ``"neon"``; see :func:`available_impls`.
+(the reference), ``"avx2"``, ``"neon"``, ``"avxvnni"`` (int8 activations); see
+:func:`available_impls`.
 
 Example::
 
@@ -115,7 +116,8 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
         x: float32 (..., K). qweight: uint8 (N, row_bytes). scale, zero: float16 (N, G).
         bits: 2, 3, 4 or 8 (SIMD paths: 2 and 4; with int8 activations 2, 4 and 8).
         group_size: None/0 = per output row.
-        impl: "auto" | "scalar" | "avx2" | "neon". in_features: K (default x.shape[-1]).
+        impl: "auto" | "scalar" | "avx2" | "neon" | "avxvnni" (int8 activations only).
+        in_features: K (default x.shape[-1]).
         act_bits: None = float activations; 8 = x quantized to int8 per group (wq_linear.h).
     Returns:
         float32 numpy array (..., N).
@@ -168,9 +170,8 @@ def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, 
     _check_act(act_bits)
     fn = lib().ek_bench_linear_wq_a8 if act_bits == 8 else lib().ek_bench_linear_wq
     t = fn(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
-                                 s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N,
-                                 bits, int(group_size or 0), y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl],
-                                 int(iters))
+           s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits,
+           int(group_size or 0), y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl], int(iters))
     if t < 0:
         raise UserError(f"kernel {impl} failed: {lib().ek_status_str(int(-t)).decode()}",
                         f"available here: {', '.join(available_impls())}")
