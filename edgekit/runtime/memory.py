@@ -214,11 +214,10 @@ class SpecMemo:
             return forward_time(sh, WeightFormat(bits=32, float_bytes=4), self.target, tokens=tokens,
                                 context=max(self.rows_used, 64), kv_bytes=self.kv_bytes).seconds
         # relative units: weights read, a layer's linears per layer plus the head every forward
-        a = self.args
-        hd = a.head_dim
-        per_layer = a.dim * hd * (2 * a.n_heads + 2 * a.n_kv_heads) + 3 * a.dim * a.hidden_dim
-        head = a.vocab_size * a.dim
-        return (layers * per_layer + head) / (a.n_layers * per_layer + head) * (1.0 + 0.02 * (tokens - 1))
+        sh = self.shape
+        per_layer = sum(o * i for o, i in sh.attention_matrices() + sh.ffn_matrices())
+        head = sh.vocab_size * sh.dim
+        return (layers * per_layer + head) / (sh.n_layers * per_layer + head) * (1.0 + 0.02 * (tokens - 1))
 
     @staticmethod
     def tree_levels(spec: SpecConfig) -> int:
