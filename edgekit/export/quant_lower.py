@@ -7,7 +7,7 @@ dequantization on every call. For export, each packed linear is swapped, for the
 - ExecuTorch (``lowered_for_executorch``): ``edgekit::linear_w{2,3,4,8}[a8]`` (edgekit/kernels/ops.py;
   the C++ kernels in edgekit/kernels/cpu: AVX2/NEON for 2 and 4 bits, scalar for 3 and 8; with
   int8 activations AVX2 for 2, 4 and 8). The packed buffers go into the .pte unchanged, except
-  that siblings reading one input (wq/wk/wv, w1/w3) are stacked into one call (``_FusedGroup``);
+  that siblings reading one input (wq/wk/wv, w1/w3) are stacked into one call (``_FusedSlice``);
   XNNPACK takes everything else.
 - ONNX (``lowered_for_onnx``): onnxruntime's ``com.microsoft::MatMulNBits`` through a
   ``custom_translation_table`` for the placeholder op ``edgekit::mnb``.
@@ -41,7 +41,7 @@ Example::
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -83,57 +83,38 @@ def _swapped(model: nn.Module, make) -> Iterator[list[tuple[str, nn.Module]]]:
 # --- ExecuTorch ---------------------------------------------------------------------------------
 
 class ETPackedLinear(nn.Module):
-    """``edgekit::linear_w{b}`` on the packed buffers of a ``_PackedLinear`` (shared tensors)."""
+    """``edgekit::linear_w{b}[a8]`` on the packed buffers of one ``_PackedLinear`` (shared
+    tensors), or of several that read the same input with their rows stacked (``_FusedSlice``)."""
 
-    def __init__(self, m: _PackedLinear) -> None:
+    def __init__(self, m: "_PackedLinear | list[_PackedLinear]") -> None:
         super().__init__()
         import edgekit.kernels.ops  # noqa: F401  (registers the torch.library ops)
 
-        self.op = getattr(torch.ops.edgekit, et_op_name(m))
-        # The effective group never spans rows: min(group_size, K) (layout.py), as the packer uses.
-        self.gs = int(m.layout.group(m.in_features)) if m.layout.group_size is not None else -1
-        self.in_features, self.out_features = m.in_features, m.out_features
-        self.register_buffer("qweight", m.qweight)
-        self.register_buffer("scale", m.scale)
-        self.register_buffer("zero", m.zero)
-        if m.bias is not None:
-            self.register_buffer("bias", m.bias)
-        else:
-            self.bias = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.op(x, self.qweight, self.scale, self.zero, self.gs, self.in_features)  # (..., N)
-        return y if self.bias is None else y + self.bias
-
-
-class _FusedGroup(nn.Module):
-    """Sibling packed linears that read the same input (attention wq/wk/wv, feed-forward w1/w3)
-    as ONE ``edgekit::linear_w*`` call on their rows stacked: fewer kernel launches and thread
-    pool wake-ups per token (7 -> 4 per layer), the same per-row math (rows are independent in
-    the layout, so the outputs are bit-identical)."""
-
-    def __init__(self, mods: list[_PackedLinear]) -> None:
-        super().__init__()
-        import edgekit.kernels.ops  # noqa: F401
-
+        mods = m if isinstance(m, list) else [m]
         ref = mods[0]
         self.op_name = et_op_name(ref)
         self.op = getattr(torch.ops.edgekit, self.op_name)
+        # The effective group never spans rows: min(group_size, K) (layout.py), as the packer uses.
         self.gs = int(ref.layout.group(ref.in_features)) if ref.layout.group_size is not None else -1
         self.in_features = ref.in_features
+        self.out_features = sum(x.out_features for x in mods)
+
+        def rows(name: str) -> torch.Tensor:  # one module: its tensor itself, no copy
+            return getattr(ref, name) if len(mods) == 1 else torch.cat([getattr(x, name) for x in mods], 0)
+
         for name in ("qweight", "scale", "zero"):
-            self.register_buffer(name, torch.cat([getattr(m, name) for m in mods], 0))
+            self.register_buffer(name, rows(name))
         if ref.bias is not None:
-            self.register_buffer("bias", torch.cat([m.bias for m in mods], 0))
+            self.register_buffer("bias", rows("bias"))
         else:
             self.bias = None
         self.bounds = [0]
-        for m in mods:
-            self.bounds.append(self.bounds[-1] + m.out_features)
+        for x in mods:
+            self.bounds.append(self.bounds[-1] + x.out_features)
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) of the latest call
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.op(x, self.qweight, self.scale, self.zero, self.gs, self.in_features)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.op(x, self.qweight, self.scale, self.zero, self.gs, self.in_features)  # (..., N)
         if self.bias is not None:
             y = y + self.bias
         self.last = (x, y)
@@ -141,10 +122,14 @@ class _FusedGroup(nn.Module):
 
 
 class _FusedSlice(nn.Module):
-    """Member ``i`` of a ``_FusedGroup``: member 0 runs the fused call, the others slice the
-    result of that call when they get the same input tensor (else they run it themselves)."""
+    """Member ``i`` of sibling packed linears that read the same input (attention wq/wk/wv,
+    feed-forward w1/w3), run as ONE call on their stacked rows (an ``ETPackedLinear`` of all of
+    them): fewer kernel launches and thread-pool wake-ups per token (7 -> 4 per layer), the same
+    per-row math (rows are independent in the layout, so the outputs are bit-identical). Member 0
+    runs the call; the others slice its result when they get the same input tensor (else they run
+    it themselves)."""
 
-    def __init__(self, group: _FusedGroup, i: int) -> None:
+    def __init__(self, group: ETPackedLinear, i: int) -> None:
         super().__init__()
         if i == 0:
             self.group = group  # registered once: the stacked buffers appear once in the program
@@ -154,7 +139,7 @@ class _FusedSlice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group if self.i == 0 else self._group
-        y = g.last[1] if self.i and g.last is not None and g.last[0] is x else g.run(x)
+        y = g.last[1] if self.i and g.last is not None and g.last[0] is x else g(x)
         return y[..., g.bounds[self.i]:g.bounds[self.i + 1]]
 
 
@@ -173,14 +158,14 @@ def _fusable(mods: list[nn.Module]) -> bool:
 def _fused(model: nn.Module) -> Iterator[int]:
     """Swap fusable sibling groups for ``_FusedSlice`` members; yields how many groups."""
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    groups: list[_FusedGroup] = []
+    groups: list[ETPackedLinear] = []
     try:
         for parent in list(model.modules()):
             for names in FUSE:
                 mods = [getattr(parent, n, None) for n in names]
                 if not _fusable(mods):
                     continue
-                g = _FusedGroup(mods)
+                g = ETPackedLinear(mods)
                 groups.append(g)
                 for i, (n, m) in enumerate(zip(names, mods)):
                     setattr(parent, n, _FusedSlice(g, i))
@@ -196,21 +181,17 @@ def _fused(model: nn.Module) -> Iterator[int]:
 @contextmanager
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
-    ``_FusedGroup``, unless ``fuse`` is False); yields ``{ops, n_linears, fused_groups}`` for the
+    ``_FusedSlice``, unless ``fuse`` is False); yields ``{ops, n_linears, fused_groups}`` for the
     manifest (``ops`` counts calls in the program, empty when the model has no packed linears)."""
-    with (_fused(model) if fuse else _nullctx(0)) as n_groups:
+    with (_fused(model) if fuse else nullcontext(0)) as n_groups:
         ops: dict[str, int] = {}
         for _, m in model.named_modules():
-            if isinstance(m, (_PackedLinear, _FusedGroup)):
+            if isinstance(m, (_PackedLinear, ETPackedLinear)):
                 name = f"edgekit::{et_op_name(m) if isinstance(m, _PackedLinear) else m.op_name}"
                 ops[name] = ops.get(name, 0) + 1
         with _swapped(model, ETPackedLinear):
             yield {"ops": ops, "n_linears": sum(ops.values()), "fused_groups": n_groups}
 
-
-@contextmanager
-def _nullctx(value):
-    yield value
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
