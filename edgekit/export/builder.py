@@ -187,7 +187,8 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
             (``draft_ee{K}.pte``, and ONNX when exporting ONNX; manifest ``drafts``, see
             ``edgekit/export/draft.py``).
         tree_verify: ExecuTorch programs (target and draft) also get ``verify_tree`` and
-            ``compact`` methods sharing the KV buffers with ``forward`` (``edgekit/export/tree.py``).
+            ``compact`` methods sharing the KV buffers with ``forward`` (``edgekit/export/tree.py``);
+            ONNX programs (target and draft) get an ``attention_mask`` input (``edgekit/export/onnx.py``).
 
     Raises:
         UserError: bad arguments, existing ``out`` without ``force``.
@@ -239,7 +240,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         if "onnx" in fmts:
             from edgekit.export.onnx import export_onnx
 
-            programs["onnx"] = export_onnx(model, tmp, log=st.log, stage=st)
+            programs["onnx"] = export_onnx(model, tmp, log=st.log, stage=st, tree=tree_verify)
         drafts: dict[str, Any] = {}
         if draft_exit is not None:
             from edgekit.export.draft import draft_name, export_draft_programs

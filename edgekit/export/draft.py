@@ -90,7 +90,8 @@ def export_draft_programs(model: torch.nn.Module, out_dir: Path, k: int, max_chu
 
         sub = out_dir / f"draft_ee{k}"
         sub.mkdir(exist_ok=True)
-        info = export_onnx(d, sub, log=log, stage=(lambda s: stage(f"{s}[draft ee{k}]")) if stage else None)
+        info = export_onnx(d, sub, log=log, stage=(lambda s: stage(f"{s}[draft ee{k}]")) if stage else None,
+                           tree=tree)
         info = dict(info)
         info["file"] = f"draft_ee{k}/{info['file']}"
         if info.get("data"):

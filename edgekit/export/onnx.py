@@ -12,12 +12,28 @@ The ONNX contract (batch fixed at 1; all float tensors float32):
 - Rolling back = feeding ``present[..., :pos, :]`` as the next past.
 - weights in ``model.onnx.data`` (external data) next to ``model.onnx``.
 
+Tree verification (``export_onnx(..., tree=True)``, ``edgekit export --tree-verify``) adds one
+input and changes nothing else:
+
+- ``attention_mask`` bool [T, past_len + T]: row ``i`` marks the keys token ``i`` attends to, so
+  it replaces the positions' causal rule. A token tree written after the prefix sets the prefix
+  columns and the node's ancestors and itself (``edgekit.runtime.spec.tree_visibility``). (Not
+  onnxruntime-genai's int64 [1, total_len] padding mask of the same name.)
+- ``position_ids`` are then the RoPE positions only: ``start + depth`` for a tree node. The new
+  K/V rows are appended in input order whatever the positions, so ``present`` row
+  ``past_len + i`` is node ``i``.
+- Compacting the accepted path is the runtime's: the next past is ``present`` rows
+  ``[0, start)`` followed by ``start + path`` (``OnnxBackend.compact``).
+- Plain decoding feeds the causal mask ``keys <= past_len + i``. The manifest entry records
+  the input under ``inputs`` and ``tree_inputs``.
+
 The wrapper reuses the reference model's modules: each layer's static cache is swapped, for the
 duration of the export only, for a module that concatenates past and new K/V.
 
 Example::
 
     info = export_onnx(lm.model, Path("pkg"))   # writes pkg/model.onnx + pkg/model.onnx.data
+    info = export_onnx(lm.model, Path("pkg_tree"), tree=True)   # + the attention_mask input
 """
 
 from __future__ import annotations
@@ -32,10 +48,18 @@ from edgekit.errors import InternalError
 from edgekit.export.package import ONNX_DATA, ONNX_FILE
 
 OPSET = 18
+# Manifest ``programs.onnx.tree_inputs`` of a tree-verify export (the executorch program's
+# ``tree_methods`` counterpart).
+TREE_INPUTS = {
+    "attention_mask": "bool [T, past_len + T]: row i = the keys token i attends to (a tree node: the "
+                      "prefix and its ancestors; plain decoding: keys 0 .. past_len + i)",
+    "position_ids": "int64 [1, T]: RoPE positions (a tree node: start + depth)",
+    "compact": "runtime side: keep present rows [0, start) and start + path, in path order",
+}
 
 
-def input_names(n_layers: int) -> list[str]:
-    names = ["input_ids", "position_ids"]
+def input_names(n_layers: int, tree: bool = False) -> list[str]:
+    names = ["input_ids", "position_ids", *(["attention_mask"] if tree else [])]
     for i in range(n_layers):
         names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
     return names
@@ -76,8 +100,13 @@ class ConcatCacheLM(torch.nn.Module):
         P = past[0].shape[2]
         keys = torch.arange(P + T, device=input_ids.device)
         attn_mask = keys.unsqueeze(0) <= input_pos.unsqueeze(1)  # (T, P+T) bool
+        return self._run(input_ids, input_pos, attn_mask, past)
+
+    def _run(self, input_ids: torch.Tensor, input_pos: torch.Tensor, attn_mask: torch.Tensor,
+             past: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         for i, c in enumerate(self.caches):
             c.past = (past[2 * i], past[2 * i + 1])
+        # RoPE at input_pos; the cache ignores it (new rows are appended at past_len.. in order).
         logits = self.model(input_ids, input_pos, attn_mask=attn_mask)
         out = [logits]
         for c in self.caches:
@@ -97,13 +126,42 @@ class ConcatCacheLM(torch.nn.Module):
                 layer.attention.kv_cache = c
 
 
+class MaskedConcatCacheLM(ConcatCacheLM):
+    """forward(input_ids, position_ids, attention_mask, *past) -> (logits, *present): the
+    tree-verify contract (module docstring); RoPE at ``position_ids``, visibility from the mask."""
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                *past: torch.Tensor):
+        return self._run(input_ids, position_ids[0], attention_mask, past)
+
+
+def _name_mask_keys(model) -> None:
+    """Name the mask's key axis ``past_len + T`` (as ``present.*`` have it) in the exported
+    onnx_ir model; the exporter gives an inferred dimension a generated name (``s53``)."""
+    import onnx_ir as ir
+
+    mask = next(v for v in model.graph.inputs if v.name == "attention_mask")
+    old = mask.shape[1]
+    if not isinstance(old, ir.SymbolicDim) or old.value is None or old.value == "past_len + T":
+        return
+    values = [*model.graph.inputs, *(o for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                                     for o in n.outputs)]
+    for v in values:
+        if v.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value == old.value for d in v.shape):
+            v.shape = ir.Shape([ir.SymbolicDim("past_len + T") if isinstance(d, ir.SymbolicDim)
+                                and d.value == old.value else d for d in v.shape])
+
+
 def export_onnx(model: torch.nn.Module, out_dir: str | Path,
                 log: Callable[[str], None] | None = None,
-                stage: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                stage: Callable[[str], Any] | None = None, tree: bool = False) -> dict[str, Any]:
     """Write ``out_dir/model.onnx`` and ``out_dir/model.onnx.data`` and check them.
 
-    Returns ``{file, data, opset, inputs, outputs, n_nodes, ...}`` for the manifest. Raises
-    ``InternalError`` when the exporter or the checker fails.
+    ``tree``: add the ``attention_mask`` input (tree verification, see the module docstring);
+    without it the graph is the plain contract, unchanged.
+
+    Returns ``{file, data, opset, inputs, outputs, n_nodes, ...}`` for the manifest (with
+    ``tree_inputs`` when ``tree``). Raises ``InternalError`` when the exporter or the checker fails.
     """
     import onnx
     from contextlib import nullcontext
@@ -115,22 +173,32 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
     out_dir = Path(out_dir)
     args = model.args
     L, kv, hd = args.n_layers, args.n_kv_heads, args.head_dim
-    wrapper = ConcatCacheLM(model).eval()
+    wrapper = (MaskedConcatCacheLM if tree else ConcatCacheLM)(model).eval()
     P_ex, T_ex = 3, 2
-    example = (torch.zeros(1, T_ex, dtype=torch.long), torch.arange(P_ex, P_ex + T_ex).unsqueeze(0),
-               *[torch.zeros(1, kv, P_ex, hd) for _ in range(2 * L)])
+    ids_pos = (torch.zeros(1, T_ex, dtype=torch.long), torch.arange(P_ex, P_ex + T_ex).unsqueeze(0))
+    past = [torch.zeros(1, kv, P_ex, hd) for _ in range(2 * L)]
     T = Dim("T", min=1, max=args.max_seq_len)
     P = Dim("past_len", min=0, max=args.max_seq_len - 1)
-    dyn = ({1: T}, {1: T}, tuple({2: P} for _ in range(2 * L)))  # *past is one varargs tuple
+    past_dyn = tuple({2: P} for _ in range(2 * L))  # *past is one varargs tuple
+    if tree:
+        mask = torch.ones(T_ex, P_ex + T_ex, dtype=torch.bool)  # (T, P+T)
+        example = (*ids_pos, mask, *past)
+        # the mask's key axis is past_len + T; the exporter infers that relation (Dim.AUTO)
+        dyn = ({1: T}, {1: T}, {0: T, 1: Dim.AUTO}, past_dyn)
+    else:
+        example = (*ids_pos, *past)
+        dyn = ({1: T}, {1: T}, past_dyn)
     path = out_dir / ONNX_FILE
     try:
         # Packed quantized linears export as com.microsoft::MatMulNBits (edgekit/export/quant_lower.py).
         with stage("export[onnx]"), wrapper.swapped(), lowered_for_onnx(model) as table, torch.no_grad():
             prog = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=dyn,
-                                     input_names=input_names(L), output_names=output_names(L),
+                                     input_names=input_names(L, tree), output_names=output_names(L),
                                      opset_version=OPSET, optimize=True, verbose=False,
                                      custom_translation_table=table)
         with stage("serialize[onnx]"):
+            if tree:
+                _name_mask_keys(prog.model)
             prog.save(str(path), external_data=True)
             # The exporter names the data file after the model; keep the documented name.
             if not (out_dir / ONNX_DATA).exists():
@@ -147,12 +215,19 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path,
     n_mnb = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
     if log:
         log(f"  onnx: {n_nodes} nodes, opset {OPSET}")
-    return {"file": ONNX_FILE, "data": ONNX_DATA, "opset": OPSET, "n_nodes": n_nodes,
+    info = {"file": ONNX_FILE, "data": ONNX_DATA, "opset": OPSET, "n_nodes": n_nodes,
             "size": path.stat().st_size + (out_dir / ONNX_DATA).stat().st_size,
             "inputs": {"input_ids": "int64 [1, T]", "position_ids": "int64 [1, T]",
                        "past_key_values.{i}.key|value": f"float32 [1, {kv}, past_len, {hd}]"},
             "outputs": {"logits": "float32 [1, T, V]",
                         "present.{i}.key|value": f"float32 [1, {kv}, past_len + T, {hd}]"},
-            "input_names": input_names(L), "output_names": output_names(L),
+            "input_names": input_names(L, tree), "output_names": output_names(L),
             "batch": 1, "cache_inputs": "position_ids",
             "custom_ops": ["com.microsoft::MatMulNBits"] if n_mnb else [], "matmul_nbits": n_mnb}
+    if tree:
+        info["inputs"]["attention_mask"] = "bool [T, past_len + T]"
+        info["cache_inputs"] = "position_ids, attention_mask"
+        info["tree_inputs"] = dict(TREE_INPUTS)
+    if log and tree:
+        log("  onnx: attention_mask input (tree verification)")
+    return info
