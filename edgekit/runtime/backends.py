@@ -132,7 +132,9 @@ class OnnxBackend:
     """An onnxruntime session over the concat-cache ONNX program (see edgekit/export/onnx.py).
 
     Keeps the past K/V as numpy arrays (1, n_kv, past_len, hd) per layer; a call at
-    ``start_pos < past_len`` first slices the past to ``start_pos`` (rollback).
+    ``start_pos < past_len`` first slices the past to ``start_pos`` (rollback). A program
+    exported with ``--tree-verify`` has an ``attention_mask`` input: ``supports_tree`` is then
+    true and ``forward_tree`` / ``compact`` verify token trees.
     """
 
     name = "onnx"
@@ -163,6 +165,7 @@ class OnnxBackend:
                                "re-export the package")
         self.n_kv, self.hd = int(k0.shape[1]), int(k0.shape[3])
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.supports_tree = "attention_mask" in inp
         self.reset()
 
     def reset(self) -> None:
@@ -171,19 +174,69 @@ class OnnxBackend:
         self.past_len = 0
 
     def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        T = len(tokens)
+        mask = None
+        if self.supports_tree:  # a --tree-verify program: plain decoding feeds the causal mask
+            keys = np.arange(start_pos + T)
+            mask = keys[None, :] <= np.arange(start_pos, start_pos + T)[:, None]  # (T, P+T)
+        return self._run(tokens, start_pos, np.arange(start_pos, start_pos + T, dtype=np.int64), mask)
+
+    def forward_tree(self, tokens: list[int], start_pos: int, parents: list[int],
+                     rows: list[int] | None = None, argmax_only: bool = False) -> torch.Tensor:
+        """Logits (T, V) of a token tree at slots start_pos..start_pos+T-1 (node i sees the
+        prefix and its ancestors, RoPE at start_pos + depth); ``rows`` / ``argmax_only`` as
+        ``EagerBackend.forward_tree``. Cache rows at and after ``start_pos`` are dropped first,
+        then the tree's rows appended in node order. Needs a program exported with ``--tree-verify``.
+
+        Raises ``UserError`` for a program without the ``attention_mask`` input or a tree that
+        does not fit ``max_seq_len``.
+        """
+        from edgekit.runtime.spec import tree_depths, tree_visibility
+
+        if not self.supports_tree:
+            raise UserError(f"{self.path} has no attention_mask input (tree verification)",
+                            "re-export with `edgekit export --tree-verify`")
+        n = len(tokens)
+        if len(parents) != n:
+            raise ValueError(f"{n} tree tokens but {len(parents)} parents")
+        _check_fits(start_pos, n, self.max_seq_len)
+        mask = np.ones((n, start_pos + n), dtype=bool)  # (T, P+T): the whole prefix
+        mask[:, start_pos:] = tree_visibility(parents).numpy()
+        pos = start_pos + np.asarray(tree_depths(parents), dtype=np.int64)
+        logits = self._run(tokens, start_pos, pos, mask)
+        if argmax_only:
+            return logits.argmax(-1)
+        return logits if rows is None else logits[rows]
+
+    def compact(self, start_pos: int, nodes: list[int]) -> None:
+        """Keep cache rows [0, start_pos) and start_pos+nodes[i] at start_pos+i (the accepted
+        tree path); the other tree rows are dropped (the new past arrays hold only the kept rows)."""
+        if not self.supports_tree:
+            raise UserError(f"{self.path} has no attention_mask input (tree verification)",
+                            "re-export with `edgekit export --tree-verify`")
+        src = start_pos + np.asarray(nodes, dtype=np.int64)
+        if src.size and not (start_pos <= src.min() and src.max() < self.past_len):
+            raise ValueError(f"rows {src.tolist()} outside the tree at [{start_pos}, {self.past_len})")
+        keep = np.concatenate([np.arange(start_pos, dtype=np.int64), src])
+        self.past = [(k[:, :, keep], v[:, :, keep]) for k, v in self.past]  # fancy indexing copies
+        self.past_len = start_pos + len(nodes)
+
+    def _run(self, tokens: list[int], start_pos: int, position_ids: np.ndarray,
+             mask: np.ndarray | None) -> torch.Tensor:
+        """Append ``tokens`` after cache row ``start_pos`` (rolling back first) -> logits (T, V)."""
         _check_fits(start_pos, len(tokens), self.max_seq_len)
         if start_pos > self.past_len:
             raise ValueError(f"start_pos {start_pos} is past the cached length {self.past_len}")
         if start_pos < self.past_len:  # rollback: forget rows >= start_pos
             self.past = [(k[:, :, :start_pos], v[:, :, :start_pos]) for k, v in self.past]
             self.past_len = start_pos
-        T = len(tokens)
-        feed = {"input_ids": np.asarray([tokens], dtype=np.int64),
-                "position_ids": np.arange(start_pos, start_pos + T, dtype=np.int64)[None]}
+        feed = {"input_ids": np.asarray([tokens], dtype=np.int64), "position_ids": position_ids[None]}
+        if mask is not None:
+            feed["attention_mask"] = mask
         for i, (k, v) in enumerate(self.past):
             feed[f"past_key_values.{i}.key"] = k
             feed[f"past_key_values.{i}.value"] = v
         outs = self.sess.run(self.out_names, feed)
         self.past = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(self.n_layers)]
-        self.past_len = start_pos + T
+        self.past_len = start_pos + len(tokens)
         return torch.from_numpy(outs[0][0])  # (T, V)
