@@ -80,7 +80,9 @@ class ChatSession:
     separate draft package (``draft`` = its path; a w4/w8 package of the same model is the
     quantized self-draft) or with the package's own early-exit draft program
     (``draft="early-exit:K"``, written by ``edgekit export --draft-exit K``; its weights and
-    K-layer cache count in the budget); tree drafting needs the eager target for now.
+    K-layer cache count in the budget). Trees (``spec.tree``, or SpecMemo's choice) need
+    programs exported with ``--tree-verify``, target and draft: the ExecuTorch ``verify_tree`` /
+    ``compact`` methods or the ONNX ``attention_mask`` input (``backend.supports_tree``).
     """
 
     lm: LoadedModel | None = None
