@@ -94,6 +94,35 @@ def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.
     return rows
 
 
+def check_tree(backend, gold: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """Tree verification (``forward_tree`` + ``compact``) of a program against its own chain.
+
+    A 6-node tree rooted at the prompt's last token holds the first three golden greedy tokens
+    as one path and a side branch (another first token, the second greedy token under it). Each
+    node's logits must equal the plain forward's logits for that node's own token sequence,
+    and after compacting the greedy path the next plain step must equal the chain's. Comparing
+    the program with itself keeps the check exact for quantized programs too (tolerance as in
+    ``check_program``). Returns [] when the golden continuation is shorter than 4 tokens.
+    """
+    ids, g = gold["prompt_ids"], gold["greedy_ids"]
+    if len(g) < 4:
+        return []
+    tols = gold.get("tolerance", {})
+    tol = tols.get("top5_abs", 1e-3) * (4 if kind in tols.get("approximate", []) else 1)
+    start, other = len(ids) - 1, (g[0] + 1) % backend.vocab_size
+    tokens, parents, path = [ids[-1], g[0], other, g[1], g[1], g[2]], [-1, 0, 0, 1, 2, 3], [0, 1, 3, 5]
+    side = program_logits(backend, ids + [other, g[1]])[start:]  # rows of ids[-1], other, g1
+    chain = program_logits(backend, ids + g[:4])[start:]  # rows of ids[-1], g0, g1, g2, g3
+    want = torch.stack([chain[0], chain[1], side[1], chain[2], side[2], chain[3]])
+    d = float((backend.forward_tree(tokens, start, parents) - want).abs().max())
+    backend.compact(start, path)
+    dc = float((backend.forward([g[3]], start + len(path))[0] - chain[4]).abs().max())
+    return [_row("tree", kind, d <= tol, f"tree nodes vs the chain: max |logits diff| {d:.2e} (tol {tol:g})",
+                 max_abs_diff=d),
+            _row("tree-compact", kind, dc <= tol, f"step after compacting the path vs the chain: max |diff| "
+                 f"{dc:.2e} (tol {tol:g})", max_abs_diff=dc)]
+
+
 def verify_package(pkg: str | Path, source: str | Path | None = None,
                    kinds: list[str] | None = None, threads: int | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -125,4 +154,6 @@ def verify_package(pkg: str | Path, source: str | Path | None = None,
             log(f"checking {kind} program ...")
         be = p.backend(kind, threads=threads)
         rows += check_program(be, m["golden"], kind, eager, quantized_vs_float=eager is not None and q_vs_f)
+        if getattr(be, "supports_tree", False):  # exported with --tree-verify
+            rows += check_tree(be, m["golden"], kind)
     return {"ok": all(r["ok"] for r in rows), "package": str(pkg), "rows": rows}
