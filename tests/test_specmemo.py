@@ -132,3 +132,48 @@ def test_measured_slower_speculation_falls_back_to_plain(stories_dir):
     assert mm.spec_pays
     mm.observe_speed(new_tokens=30, decode_s=1.0, steps=25, verify_s=0.5)  # 30 vs >= 50: slower
     assert not mm.spec_pays and mm.choose(256) is None
+
+
+def test_speed_guard_judges_only_after_its_window():
+    from edgekit.runtime.spec import SpeedGuard
+
+    g = SpeedGuard(window=4)
+    assert not g.slower(10, 1, 10.0)  # no plain step timed yet: nothing to compare with
+    g.observe_plain(0.30, steps=3)  # 0.1 s per plain step = 10 tok/s
+    assert g.plain_step_s == pytest.approx(0.1)
+    assert not g.slower(3, 3, 1.0)  # 3 tok/s, but only 3 rounds
+    assert g.slower(4, 4, 1.0)  # 4 tok/s < 10
+    assert not g.slower(4, 12, 1.0)  # 12 tok/s > 10
+
+
+@pytest.mark.parametrize("plain_step_s,trips", [(1e-9, True), (1e9, False)])
+def test_guard_switches_a_turn_to_plain_with_the_same_tokens(stories_dir, plain_step_s, trips):
+    """A turn whose speculative rounds lose to the timed plain step finishes plainly (after the
+    guard's window), and the greedy output is the plain one either way."""
+    turns = ["Once upon a time", " Lily went to the park."]
+    want = _plain_chat(load_model(stories_dir), turns, 40)
+    lm = load_model(stories_dir)
+    w = model_weight_bytes(lm.model)
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2))
+    s.memo.guard.plain = [plain_step_s]  # as if plain steps had been timed at this speed
+    res = s.turn(turns[0], 40)
+    assert s.memo.guard.tripped is trips
+    if trips:
+        assert res.steps == s.memo.guard.window  # judged after exactly `window` rounds
+        assert res.spec_tokens < len(res.tokens) - 1  # the rest came from plain steps
+        assert "plain after 4 rounds" in s.turns[0].spec
+        assert not s.memo.spec_pays
+    else:
+        assert res.spec_tokens == len(res.tokens) - 1  # every token after the first from speculation
+    got = [res.tokens, s.turn(turns[1], 40).tokens]
+    assert got == want
+
+
+def test_guard_probes_plain_steps_when_none_were_timed(stories_dir):
+    lm = load_model(stories_dir)
+    w = model_weight_bytes(lm.model)
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2))
+    s.memo.guard.window = 10 ** 6  # never trip: look at the probe only
+    res = s.turn("Once upon a time", 30)
+    assert len(s.memo.guard.plain) == s.memo.guard.probe  # two plain steps timed, then speculation
+    assert res.spec_tokens == len(res.tokens) - 1 - s.memo.guard.probe

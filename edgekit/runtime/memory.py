@@ -27,7 +27,7 @@ import torch
 from edgekit.errors import BudgetError
 from edgekit.models.config import ModelArgs
 from edgekit.plan.memory import Draft, ModelShape, RuntimeSpec, WeightFormat, estimate_memory
-from edgekit.runtime.spec import SpecConfig
+from edgekit.runtime.spec import SpecConfig, SpeedGuard
 
 MIB = 1 << 20
 MIN_CHUNK = 8  # smallest prefill chunk the manager shrinks to
@@ -128,6 +128,7 @@ class SpecMemo:
         self.target = target
         self.accept = AcceptanceModel()
         self.spec_pays = True  # False once a speculative turn measured slower than plain (observe_speed)
+        self.guard = SpeedGuard()  # the in-turn check; plain steps timed in any turn feed it
         self.rows = 0  # KV rows allocated so far
         self.rows_used = 0  # tokens the conversation already holds
         self.prefill_chunk = prefill_chunk  # shrunk when activations would not fit
@@ -246,8 +247,12 @@ class SpecMemo:
     def observe_speed(self, new_tokens: int, decode_s: float, steps: int, verify_s: float) -> None:
         """Online check of the cost model after a speculative turn: its measured rate against
         plain decoding estimated from the same turn (one target forward per verification step
-        is at least a plain step's cost: ``steps / verify_s`` tokens/s). When speculation was
-        slower, later turns decode plainly (``spec_pays`` False)."""
+        is at least a plain step's cost: ``steps / verify_s`` tokens/s), or the in-turn
+        :class:`SpeedGuard` against timed plain steps. When speculation was slower, later turns
+        decode plainly (``spec_pays`` False)."""
+        if self.guard.tripped:  # measured inside the turn against timed plain steps
+            self.spec_pays = False
+            return
         if steps < 4 or decode_s <= 0 or verify_s <= 0:
             return
         if new_tokens / decode_s < steps / verify_s:

@@ -237,13 +237,17 @@ class ChatSession:
         if self.drafter is None or spec is None:
             res = self.engine.generate(ids, max_new_tokens, self.sampling, on_token=on_token)
             tau, label = 1.0, "none"
+            self.memo.guard.observe_plain(res.timings.decode_s, res.timings.new_tokens - 1)
         else:
-            dec = SpecDecoder(self.engine, self.drafter, spec, observe=self.memo.accept.observe)
+            dec = SpecDecoder(self.engine, self.drafter, spec, observe=self.memo.accept.observe,
+                              guard=self.memo.guard if self.managed else None)
             res = dec.generate(ids, max_new_tokens, self.sampling, on_token=on_token, history=self.history)
             tau = res.tau
             if self.managed:
                 self.memo.observe_speed(res.timings.new_tokens - 1, res.timings.decode_s, res.steps, res.verify_s)
             label = f"tree {spec.tree[0]}x{spec.tree[1]}" if spec.tree else f"chain k={spec.k}"
+            if self.managed and self.memo.guard.tripped:
+                label += f", plain after {res.steps} rounds"
         # The cache holds a prefix of the conversation (a stop token's row is dropped); what
         # is past it is fed at the start of the next turn.
         full = self.history + ids + res.tokens

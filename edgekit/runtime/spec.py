@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -192,6 +193,8 @@ class SpecResult(GenerationResult):
     steps: int = 0  # target verification forwards
     accepted: list[int] = field(default_factory=list)  # tokens emitted per step
     verify_s: float = 0.0  # seconds in the target's verification forwards
+    spec_tokens: int = 0  # output tokens the speculative rounds emitted (the rest: the first, plain steps)
+    spec_s: float = 0.0  # seconds of the speculative rounds
 
     @property
     def tau(self) -> float:
@@ -199,18 +202,51 @@ class SpecResult(GenerationResult):
 
     def to_dict(self) -> dict:
         d = super().to_dict()
-        d.update(steps=self.steps, tau=self.tau, verify_s=self.verify_s)
+        d.update(steps=self.steps, tau=self.tau, verify_s=self.verify_s, spec_tokens=self.spec_tokens,
+                 spec_s=self.spec_s)
         return d
+
+
+class SpeedGuard:
+    """Measured check, inside a turn, that speculation beats plain decoding.
+
+    Plain steps are timed when they happen anyway (a plain turn, or ``probe`` plain steps that
+    open a speculative turn when no plain step has been timed yet: they produce tokens, so the
+    probe costs nothing). After ``window`` speculative rounds, when the turn's speculative rate
+    (tokens / seconds over its rounds) is below the plain rate, the rest of the turn decodes
+    plainly and ``tripped`` is set (until the next turn starts). The plain rate is the median
+    of the last 8 plain steps.
+    """
+
+    def __init__(self, window: int = 4, probe: int = 2) -> None:
+        self.window, self.probe = window, probe
+        self.plain: list[float] = []  # seconds per plain step, most recent last
+        self.tripped = False
+
+    @property
+    def plain_step_s(self) -> float | None:
+        return statistics.median(self.plain[-8:]) if self.plain else None
+
+    def observe_plain(self, seconds: float, steps: int = 1) -> None:
+        if steps > 0 and seconds > 0:
+            self.plain.append(seconds / steps)
+
+    def slower(self, rounds: int, tokens: int, seconds: float) -> bool:
+        """True when ``rounds`` speculative rounds making ``tokens`` in ``seconds`` lose to plain."""
+        p = self.plain_step_s
+        return p is not None and rounds >= self.window and seconds > 0 and tokens / seconds < 1.0 / p
 
 
 class SpecDecoder:
     """Speculative generation on a target :class:`Engine` with a drafter."""
 
     def __init__(self, target: Engine, drafter: ModelDrafter, cfg: SpecConfig,
-                 observe: Callable[[int | None], None] | None = None) -> None:
+                 observe: Callable[[int | None], None] | None = None, guard: SpeedGuard | None = None) -> None:
         """``observe(rank)`` is called for every verified draft position with the draft rank of
-        the target's token (None when outside the tracked ranks): SpecMemo's online model."""
+        the target's token (None when outside the tracked ranks): SpecMemo's online model.
+        ``guard``: a :class:`SpeedGuard` that may switch the rest of a turn to plain decoding."""
         self.target = target
+        self.guard = guard
         self.drafter = drafter
         self.cfg = cfg
         self.verify_s = 0.0
@@ -245,16 +281,32 @@ class SpecDecoder:
         context.append(first)
         if first in eng.stop_ids:
             out, reason = [], "eos"
+        g = self.guard
+        probe = g.probe if g is not None and g.plain_step_s is None else 0
+        plain = False
+        if g is not None:
+            g.tripped = False
+        spec_tok, spec_s = 0, 0.0
         while out and len(out) < max_new_tokens and reason == "length":
             room = eng.backend.max_seq_len - eng.pos - 1
             if room < 2:
                 reason = "context"
                 break
-            if self.cfg.tree:
-                new = self._tree_step(context, min(self.cfg.tree[1], room))
+            ts = time.perf_counter()
+            speculated = not (plain or probe > 0)
+            if not speculated:
+                new = [sampler(eng.step([context[-1]])[-1])]
+                if probe > 0:
+                    probe -= 1
+                    g.observe_plain(time.perf_counter() - ts)
             else:
-                new = self._chain_step(context, min(self.cfg.k, room - 1), sampler, greedy)
-            steps += 1
+                if self.cfg.tree:
+                    new = self._tree_step(context, min(self.cfg.tree[1], room))
+                else:
+                    new = self._chain_step(context, min(self.cfg.k, room - 1), sampler, greedy)
+                steps += 1
+                spec_s += time.perf_counter() - ts
+            n_out = len(out)
             for tok in new:
                 if tok in eng.stop_ids:
                     reason = "eos"
@@ -265,7 +317,11 @@ class SpecDecoder:
                     on_token(tok)
                 if len(out) == max_new_tokens:
                     break
-            accepted.append(len(new))
+            if speculated:
+                accepted.append(len(new))
+                spec_tok += len(out) - n_out  # tokens this round emitted
+                if g is not None and g.slower(steps, spec_tok, spec_s):
+                    g.tripped = plain = True
         t.decode_s = time.perf_counter() - t1
         out = out[:max_new_tokens]
         t.new_tokens = len(out)
@@ -274,7 +330,7 @@ class SpecDecoder:
             full, head = eng.tokenizer.decode(prompt_ids + out), eng.tokenizer.decode(prompt_ids)
             text = full[len(head):] if full.startswith(head) else eng.tokenizer.decode(out)
         return SpecResult(list(prompt_ids), out, text, reason, t, steps=steps, accepted=accepted[1:],
-                          verify_s=self.verify_s - verify0)
+                          verify_s=self.verify_s - verify0, spec_tokens=spec_tok, spec_s=spec_s)
 
     def _chain_step(self, context: list[int], k: int, sampler: Sampler, greedy: bool) -> list[int]:
         eng = self.target
