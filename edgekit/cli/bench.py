@@ -21,7 +21,7 @@ def bench(
     spec: Annotated[Optional[str], typer.Option("--spec", help="Bench speculative decoding with this draft: early-exit:K, a draft package directory, or self-quant:w4|w8 (checkpoint targets).")] = None,
     budget_mb: Annotated[Optional[float], typer.Option("--budget-mb", help="With --spec: one memory budget (MiB, weights included).")] = None,
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="With --spec: fixed chain length (default: SpecMemo's choice; native: 4).")] = None,
-    tree: Annotated[Optional[str], typer.Option("--tree", help="With --spec: tree drafting BRANCH,NODES (eager targets).")] = None,
+    tree: Annotated[Optional[str], typer.Option("--tree", help="With --spec: tree drafting BRANCH,NODES (eager targets, or packages exported with --tree-verify).")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="With --spec: the prompt (acceptance depends on real text).")] = "Once upon a time",
     profile: Annotated[Optional[str], typer.Option("--profile", help="Device profile (e.g. `edgekit profile --out`): print the planner's predictions beside the measurements.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,

@@ -55,7 +55,7 @@ def chat(
     turn: Annotated[Optional[list[str]], typer.Option("--turn", help="A user turn (repeat); without it, read turns from stdin.")] = None,
     draft: Annotated[str, typer.Option("--draft", help=DRAFT_HELP)] = "none",
     budget_mb: Annotated[Optional[float], typer.Option("--budget-mb", help="One memory budget for the session, weights included.")] = None,
-    tree: Annotated[Optional[str], typer.Option("--tree", help="Tree drafting BRANCH,NODES (eager target).")] = None,
+    tree: Annotated[Optional[str], typer.Option("--tree", help="Tree drafting BRANCH,NODES (eager target, or a package exported with --tree-verify).")] = None,
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="Fixed chain length (default: chosen by SpecMemo).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 64,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,

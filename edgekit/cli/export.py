@@ -24,7 +24,7 @@ def export(
     method: Annotated[str, typer.Option("--method", help="Quantization method with --quant: rtn, gptq or decoupleq (the last two need --calib).")] = "rtn",
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text file for --method gptq/decoupleq.")] = None,
     act_int8: Annotated[bool, typer.Option("--act-int8", help="With --quant: int8 activations per weight group in the packed linears (the kernels' fast integer path; QuantConfig.act_bits=8).")] = False,
-    tree_verify: Annotated[bool, typer.Option("--tree-verify", help="ExecuTorch programs also get verify_tree/compact methods (tree speculative decoding), sharing the KV cache with forward.")] = False,
+    tree_verify: Annotated[bool, typer.Option("--tree-verify", help="Programs can verify token trees (tree speculative decoding): ExecuTorch gets verify_tree/compact methods sharing the KV cache with forward, ONNX an attention_mask input.")] = False,
     draft_exit: Annotated[Optional[int], typer.Option("--draft-exit", min=1, help="Also write an early-exit draft program of the first K layers (draft_ee{K}.pte).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:

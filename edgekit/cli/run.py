@@ -24,7 +24,7 @@ def run(
     draft: Annotated[Optional[str], typer.Option("--draft", help="Speculative draft: early-exit:K (the package's draft program), self-quant:w4|w8 (eager only), or a draft package directory.")] = None,
     budget_mb: Annotated[Optional[float], typer.Option("--budget-mb", help="Memory budget (MiB, weights included) checked before loading anything else; exit 2 naming the minimum.")] = None,
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="Fixed chain length (default: chosen by SpecMemo; native: 4).")] = None,
-    tree: Annotated[Optional[str], typer.Option("--tree", help="Tree drafting BRANCH,NODES (eager targets only).")] = None,
+    tree: Annotated[Optional[str], typer.Option("--tree", help="Tree drafting BRANCH,NODES (eager targets, or packages exported with --tree-verify).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print tokens, text and timings as JSON.")] = False,
 ) -> None:
     """Generate text from a package, streaming to stdout (checksums are verified first).
