@@ -417,20 +417,37 @@ def test_kernel_selftest_native(runner):
         pytest.skip("no SIMD implementation on this CPU; scalar checked by the other kernel tests")
 
 
-def test_kernel_neon_under_qemu(tmp_path):
-    """Cross-compile the kernels for aarch64 and run the NEON self-test under qemu-aarch64."""
+@pytest.mark.parametrize("march,variant", [("armv8-a", "neon base"), ("armv8.2-a+dotprod", "neon sdot")])
+def test_kernel_neon_under_qemu(tmp_path, march, variant):
+    """Cross-compile the kernels for aarch64 and run the NEON self-test under qemu-aarch64: the
+    float rows and the int8-activation rows, once for base ARMv8 (SMULL/SADALP) and once with the
+    dot product extension (SDOT; qemu's ``-cpu max`` has it), each against the scalar reference."""
+    import re
     import shutil
 
-    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
-    if not cxx or not qemu:
-        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu "
-                    "qemu-user) to check the NEON path on this host")
+    tools = {t: shutil.which(t) for t in ("aarch64-linux-gnu-g++", "aarch64-linux-gnu-objdump", "qemu-aarch64")}
+    if not all(tools.values()):
+        missing = ", ".join(t for t, v in tools.items() if not v)
+        pytest.skip(f"needs {missing} (apt-get install g++-aarch64-linux-gnu qemu-user) to check the NEON "
+                    "path on this host")
+    cxx, objdump, qemu = tools.values()
     src = Path(__file__).resolve().parents[1] / "edgekit" / "kernels" / "cpu"
     exe = tmp_path / "selftest"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-static", str(src / "wq_linear.cpp"), str(src / "wq_selftest.cpp"),
-                    "-o", str(exe)], check=True, capture_output=True, timeout=300)
-    p = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "impl=3" in p.stdout and "0 failed" in p.stdout, p.stdout + p.stderr
+    subprocess.run([cxx, "-std=c++17", "-O2", "-static", f"-march={march}", str(src / "wq_linear.cpp"),
+                    str(src / "wq_selftest.cpp"), "-o", str(exe)], check=True, capture_output=True, timeout=300)
+    p = subprocess.run([qemu, "-cpu", "max", str(exe)], capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "ok   impl=3 " in p.stdout, out
+    assert re.search(r"^\d+ checked, 0 failed$", p.stdout, re.M), out
+    # The a8 summary names the build's variant and counts what ran: every case an "ok" line.
+    m = re.search(r"^a8 impl=3 \((neon \w+)\): (\d+) checked, (\d+) failed$", p.stdout, re.M)
+    assert m and m.group(1) == variant and m.group(3) == "0", out
+    assert int(m.group(2)) == len(re.findall(r"^ok   a8 impl=3 ", p.stdout, re.M)) >= 90, out
+    # The dotprod build really runs SDOT (a misspelt feature macro would silently use the base path).
+    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(exe)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    n_sdot = len(re.findall(r"\tsdot\t", dis))
+    assert (n_sdot > 0) == (variant == "neon sdot"), n_sdot
 
 
 def test_non_edgekit_program_is_one_line_error(runner, tmp_path):

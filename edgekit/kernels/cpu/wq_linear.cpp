@@ -453,6 +453,10 @@ bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot qu
 }
 #endif
 
+#ifdef EK_HAVE_NEON
+#include "wq_a8_neon.h"  // NOLINT(build/include)
+#endif
+
 // Mean seconds per call of `call` over `iters` back-to-back calls after one untimed call, or a
 // negative status when that first call fails.
 template <class F>
@@ -471,6 +475,9 @@ int pick_a8(const Shape& s) {
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avxvnni()) return EK_IMPL_AVXVNNI;
 #endif
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avx2()) return EK_IMPL_AVX2;
+#ifdef EK_HAVE_NEON
+  if (a8_simd_ok(s.bits, s.g)) return EK_IMPL_NEON;
+#endif
   return EK_IMPL_SCALAR;
 }
 
@@ -478,7 +485,8 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
               const uint16_t* zr, float* y, int impl) {
   if (impl == EK_IMPL_AUTO) impl = pick_a8(s);
   if (impl != EK_IMPL_SCALAR &&
-      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI) || !ek_impl_available(impl) || !a8_simd_ok(s.bits, s.g)))
+      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_NEON) || !ek_impl_available(impl) ||
+       !a8_simd_ok(s.bits, s.g)))
     return EK_UNSUPPORTED;
   // Grown once per thread and reused: no allocation per call in steady state.
   thread_local std::vector<int8_t> qbuf;
@@ -503,6 +511,23 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
       {a8_vnni::rows_avx2_a8<2>, a8_vnni::rows_avx2_a8<4>, a8_vnni::rows_avx2_a8<8>}};
   const Rows rows = table[impl == EK_IMPL_AVXVNNI][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
   parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows(s, a, qw, sc, zr, y, b0, b1); });
+  return EK_OK;
+#elif defined(EK_HAVE_NEON)
+  thread_local std::vector<int32_t> qsbuf;  // 8 bits: per-group sums of xq (wq_a8_neon.h)
+  if (s.bits == 8) {
+    try {
+      if (qsbuf.size() < static_cast<size_t>(s.M * s.G)) qsbuf.resize(s.M * s.G);
+    } catch (const std::bad_alloc&) {
+      return EK_NO_MEMORY;
+    }
+    a8_neon_qsum(s, a, qsbuf.data());
+  }
+  const int32_t* qs = qsbuf.data();
+  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) {
+    if (s.bits == 2) rows_neon_a8<2>(s, a, qs, qw, sc, zr, y, b0, b1);
+    else if (s.bits == 4) rows_neon_a8<4>(s, a, qs, qw, sc, zr, y, b0, b1);
+    else rows_neon_a8<8>(s, a, qs, qw, sc, zr, y, b0, b1);
+  });
   return EK_OK;
 #else
   return EK_UNSUPPORTED;

@@ -68,9 +68,9 @@ int ek_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
  * and y[m, n] = sum_g scale[n,g] * dx[m,g] * isum[m,n,g] + zero[n,g] * xsum[m,g], where
  * isum = sum_k u[n,k] * xq[m,k] is an exact integer and xsum the float sum of the group's x.
  * Implementations: scalar (all bit widths, the reference), AVX2 and AVX2+AVX-VNNI (b = 2, 4, 8
- * with g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16); no NEON version yet
- * (aarch64 runs the scalar reference). The workspace is internal
- * (grown once per thread). Same status codes as ek_linear_wq. */
+ * with g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16) and NEON for the same
+ * shapes (EK_IMPL_NEON: SDOT when built with +dotprod, else SMULL/SADALP; wq_a8_neon.h).
+ * The workspace is internal (grown once per thread). Same status codes as ek_linear_wq. */
 int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                     const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
                     int64_t group_size, float* y, int impl);

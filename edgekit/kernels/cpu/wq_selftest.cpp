@@ -1,10 +1,12 @@
 // Self-test of the wq_linear kernels without Python: every SIMD implementation available on
-// this CPU against the scalar reference, on odd shapes, for 2- and 4-bit codes. Used to check
-// the NEON path on an x86 host (cross-compiled, run under qemu-aarch64) and natively by CMake.
-// Prints one line per case; exit status 0 = all pass.
+// this CPU against the scalar reference, on odd shapes, for 2- and 4-bit codes, and the
+// int8-activation (a8) SIMD rows for 2, 4 and 8 bits. Used to check the NEON path on an x86
+// host (cross-compiled, run under qemu-aarch64) and natively by CMake. Prints one line per
+// case, a summary line per a8 implementation and a total; exit status 0 = all pass.
 //
-//   aarch64-linux-gnu-g++ -std=c++17 -O2 -static wq_linear.cpp wq_selftest.cpp -o selftest
-//   qemu-aarch64 ./selftest
+//   aarch64-linux-gnu-g++ -std=c++17 -O2 -static -march=armv8.2-a+dotprod
+//       wq_linear.cpp wq_selftest.cpp -o selftest
+//   qemu-aarch64 -cpu max ./selftest
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -46,20 +48,34 @@ std::vector<uint8_t> pack(const std::vector<int>& codes, int64_t N, int64_t K, i
   return out;
 }
 
+// a8 input modes. RANDOM: random codes, x, scale and zero; the float results agree to 2e-5.
+// EXACT: integer x in [-127, 127] with |x| = 127 somewhere in each group, scale 1, zero 0, so
+// xq = x, dx = 1 and y is the sum of the exact integer dot products. EXTREME: the same with
+// every x = -127 and constant codes (2^b - 1 for 2/4 bits, 0 for 8 bits, i.e. -128 after a
+// u - 128 bias) that push int16 partial sums to their bound. EXACT and EXTREME must match the
+// scalar reference bit for bit while K * (2^b - 1) * 127 < 2^24 keeps every float sum exact.
+enum Mode { RANDOM, EXACT, EXTREME };
+
 bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl, unsigned seed,
-              bool a8 = false) {
+              bool a8 = false, Mode mode = RANDOM) {
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1), xint(-127, 127);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
   int64_t g = group <= 0 ? K : group, G = (K + g - 1) / g;
   std::vector<int> codes(N * K);
-  for (auto& c : codes) c = code(rng);
+  for (auto& c : codes) c = mode == EXTREME ? (bits == 8 ? 0 : (1 << bits) - 1) : code(rng);
   std::vector<uint8_t> q = pack(codes, N, K, bits, group);
   std::vector<uint16_t> sc(N * G), zr(N * G);
-  for (auto& v : sc) v = float_to_half(0.01f + 0.05f * (uni(rng) + 1.f));
-  for (auto& v : zr) v = float_to_half(0.2f * uni(rng));
+  for (auto& v : sc) v = mode == RANDOM ? float_to_half(0.01f + 0.05f * (uni(rng) + 1.f)) : 0x3c00;  // 1.0
+  for (auto& v : zr) v = mode == RANDOM ? float_to_half(0.2f * uni(rng)) : 0;
   std::vector<float> x(M * K), ref(M * N), y(M * N);
-  for (auto& v : x) v = uni(rng);
+  for (int64_t i = 0; i < M * K; ++i) {
+    const int64_t k = i % K;
+    if (mode == RANDOM) x[i] = uni(rng);
+    else if (mode == EXTREME) x[i] = -127.f;
+    else x[i] = static_cast<float>(k % g == 0 ? (xint(rng) < 0 ? -127 : 127) : xint(rng));
+  }
+  const bool exact = mode != RANDOM && K * ((1 << bits) - 1) * 127 < (1 << 24);
   int st, st2;
   if (a8) {  // int8 activations: the SIMD path against the a8 scalar reference
     st = ek_linear_wq_a8(x.data(), M, K, q.data(), sc.data(), zr.data(), N, bits, group, ref.data(),
@@ -76,11 +92,12 @@ bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl
     maxref = std::fmax(maxref, std::fabs(ref[i]));
     maxerr = std::fmax(maxerr, std::fabs(ref[i] - y[i]));
   }
-  bool ok = st == EK_OK && st2 == EK_OK && maxerr <= 2e-5f * maxref;
-  std::printf("%s%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld rel_err=%.2e\n", ok ? "ok  " : "FAIL",
-              a8 ? " a8" : "", impl, bits, static_cast<long long>(M), static_cast<long long>(N),
-              static_cast<long long>(K), static_cast<long long>(group),
-              maxref > 0 ? maxerr / maxref : 0.0);
+  bool ok = st == EK_OK && st2 == EK_OK && (exact ? maxerr == 0.f : maxerr <= 2e-5f * maxref);
+  static const char* const mode_name[] = {"", " exact", " extreme"};
+  std::printf("%s%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld%s max_err=%.2e rel_err=%.2e\n",
+              ok ? "ok  " : "FAIL", a8 ? " a8" : "", impl, bits, static_cast<long long>(M),
+              static_cast<long long>(N), static_cast<long long>(K), static_cast<long long>(group),
+              mode_name[mode], maxerr, maxref > 0 ? maxerr / maxref : 0.0);
   return ok;
 }
 
@@ -103,22 +120,37 @@ int main() {
       }
     }
   }
-  // int8 activations: AVX2 for 2/4/8 bits (pairs of 16-byte groups, odd G, long groups with a
-  // 16-byte tail, per-channel rows)
+  // int8 activations: AVX2, AVX-VNNI or NEON rows for 2/4/8 bits where g * b is a whole number
+  // of 16-byte units: pairs of 16-byte groups with an odd G, long groups ending in a lone
+  // 16-byte unit, K not a multiple of g (a short last group), per-channel rows, M > 1.
   struct {
     int64_t M, N, K, g;
   } a8shapes[] = {{1, 37, 576, 64}, {3, 5, 1536, 64}, {1, 9, 192, 128}, {2, 7, 576, 32},
-                  {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}};
-  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI}) {
+                  {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}, {5, 6, 90, 32},
+                  {2, 9, 200, 64}, {3, 7, 300, 96}, {1, 5, 460, 192}, {2, 4, 100, 48},
+                  {6, 3, 1040, 0}, {1, 8, 330, 16}, {7, 5, 144, 0}};
+#if defined(__ARM_FEATURE_DOTPROD)
+  const char* neon_variant = "neon sdot";
+#else
+  const char* neon_variant = "neon base";  // SMULL/SADALP (built without +dotprod)
+#endif
+  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_NEON}) {
     if (!ek_impl_available(impl)) continue;
+    int a8_checked = 0, a8_failed = 0;
     for (int bits : {2, 4, 8}) {
       for (const auto& s : a8shapes) {
         int64_t g = s.g <= 0 ? s.K : s.g;
         if ((g * bits) % 128 != 0) continue;
-        ++checked;
-        if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.K + bits), true)) ++failed;
+        for (Mode mode : {RANDOM, EXACT, EXTREME}) {
+          ++a8_checked;
+          if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.K + bits), true, mode)) ++a8_failed;
+        }
       }
     }
+    std::printf("a8 impl=%d (%s): %d checked, %d failed\n", impl,
+                impl == EK_IMPL_NEON ? neon_variant : impl == EK_IMPL_AVX2 ? "avx2" : "avxvnni", a8_checked, a8_failed);
+    checked += a8_checked;
+    failed += a8_failed;
   }
   std::printf("%d checked, %d failed\n", checked, failed);
   return failed == 0 && checked > 0 ? 0 : 1;
