@@ -7,9 +7,10 @@
 
 Each setting runs in a fresh process so peak RSS is its own. Generation memory is reported
 twice: accounted (the memory model's terms for what the engine allocated) and measured (peak RSS
-during the chat minus RSS after loading, before any cache page is touched). The preallocated
-caches of (a) and (b) are then written once (resident, as a static runtime cache is) and count
-in their measured number, as (c)'s counts the cache it allocates turn by turn.
+during the chat minus the RSS of the process holding its weights and a one-row KV cache). The
+full-context caches of (a) and (b) are allocated after that baseline (torch.zeros writes them:
+resident, as a static runtime cache is) and count in their measured number, as (c)'s counts
+the cache it allocates turn by turn.
 
 Acceptance on the SmolLM2-135M shape. Its weights are random (no hub here). The benchmark
 measures the early-exit chain acceptance alpha (greedy, k = 4) of both models and reports them
@@ -26,6 +27,7 @@ Costs (weights read per step, draft depth, the head) are the real shape's either
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -131,22 +133,21 @@ def run_setting(model: str, setting: str, budget_mb: float | None, k_exit: int, 
 
     torch.set_num_threads(2)
     lm = _load(model, deep_scale, k_exit)
+    proc = psutil.Process()
+    # The baseline is the process with its weights and no KV cache: a cache allocated at load
+    # (torch.zeros writes it, so it is resident) would otherwise hide inside the baseline.
+    lm.model.resize_cache(1)
+    gc.collect()
+    base = proc.memory_info().rss
+    if setting != "managed":  # preallocated for the model's full context, resident from here on
+        lm.model.resize_cache(lm.args.max_seq_len)
     if setting == "target":
         s = ChatSession(lm=lm, draft="none")
     elif setting == "naive":
         s = ChatSession(lm=lm, draft=f"early-exit:{k_exit}", spec=SpecConfig(tree=(10, 64), full_logits=True))
     else:
         s = ChatSession(lm=lm, budget_mb=budget_mb, draft=f"early-exit:{k_exit}")
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    if setting != "managed":
-        # Preallocated means resident: a runtime with a static cache (ExecuTorch's memory-planned
-        # mutable buffers) writes it at load. torch.zeros leaves untouched pages out of RSS.
-        with torch.no_grad():
-            for name, b in lm.model.named_buffers():
-                if name.endswith(("k_cache", "v_cache")):
-                    b.fill_(1.0).zero_()
-    peak = [base]
+    peak = [proc.memory_info().rss]
     stop = threading.Event()
 
     def sample():
