@@ -1,27 +1,24 @@
 // NEON kernels of the int8-activation path (wq_linear.cpp, "int8 activations"), aarch64 only.
-// Included once by wq_linear.cpp after Shape, A8 and prep_a8; not a standalone header.
+// Included twice by wq_linear.cpp after Shape, A8 and prep_a8, inside namespace a8_neon (EK_TGT
+// empty, EK_DOTPROD 0: base armv8-a) and a8_neondot (EK_TGT = the dot product target attribute,
+// EK_DOTPROD 1), so each copy is compiled for its own instruction set and cpu_has_dotprod()
+// (HWCAP_ASIMDDP) picks one at run time, like the x86 pair in wq_a8_x86.h. Not a standalone header.
 //
 // They read the same permuted xq as the x86 kernels (prep_a8 with permute = true): in a 32-byte
 // chunk, code slot j of byte b (code CPB*b + j) pairs with xq_p[c0 + 32*j + b], so a 16-byte
 // register h of the chunk takes its slot-j activations from xq_p + c0 + 16*h at stride 32; a
 // lone 16-byte unit reads them at stride 16.
 //
-// Two builds, chosen at compile time (-march): with __ARM_FEATURE_DOTPROD (armv8.2-a+dotprod)
-// SDOT sums four int8 products per int32 lane; without it (base armv8-a) SMULL/SMLAL make int16
-// products that SADALP adds pairwise into int32 lanes. There is no mixed-sign int8 dot before
-// i8mm, so the codes enter as signed bytes: 2/4-bit codes (0..15) as they are, 8-bit codes as
-// u - 128 (one EOR), with 128 * sum(xq) over the group added back exactly (a8_neon_qsum).
+// With EK_DOTPROD, SDOT sums four int8 products per int32 lane; without it, SMULL/SMLAL make
+// int16 products that SADALP adds pairwise into int32 lanes. (A target attribute does not define
+// __ARM_FEATURE_DOTPROD, hence the macro.) There is no mixed-sign int8 dot before i8mm, so the
+// codes enter as signed bytes: 2/4-bit codes (0..15) as they are, 8-bit codes as u - 128 (one
+// EOR), with 128 * sum(xq) over the group added back exactly (a8_neon_qsum).
 // 3-bit codes straddle bytes and have no 16-byte unit: they stay on the scalar reference.
-
-#if defined(__ARM_FEATURE_DOTPROD)
-#define EK_A8_NEON_DOTPROD 1
-#else
-#define EK_A8_NEON_DOTPROD 0
-#endif
 
 // Slot J of the 16 bytes of v (code CPB*i + J of byte i), as signed bytes.
 template <int BITS, int J>
-inline int8x16_t a8_slot(uint8x16_t v) {
+EK_TGT inline int8x16_t a8_slot(uint8x16_t v) {
   if constexpr (BITS == 8) {
     return vreinterpretq_s8_u8(veorq_u8(v, vdupq_n_u8(0x80)));  // u - 128
   } else {
@@ -31,9 +28,9 @@ inline int8x16_t a8_slot(uint8x16_t v) {
   }
 }
 
-#if !EK_A8_NEON_DOTPROD
+#if !EK_DOTPROD
 template <int BITS, int J>
-inline int16x8_t a8_mla_slot(int16x8_t p, uint8x16_t v, const int8_t* xq) {
+EK_TGT inline int16x8_t a8_mla_slot(int16x8_t p, uint8x16_t v, const int8_t* xq) {
   const int8x16_t c = a8_slot<BITS, J>(v), x = vld1q_s8(xq);
   return vmlal_high_s8(vmlal_s8(p, vget_low_s8(c), vget_low_s8(x)), c, x);
 }
@@ -42,8 +39,8 @@ inline int16x8_t a8_mla_slot(int16x8_t p, uint8x16_t v, const int8_t* xq) {
 // acc + sum over slots j of slot j of v times the 16 activations at xq + STRIDE * j (4 int32
 // lanes; only their total is meaningful).
 template <int BITS, int STRIDE>
-inline int32x4_t a8_unit_dot(int32x4_t acc, uint8x16_t v, const int8_t* xq) {
-#if EK_A8_NEON_DOTPROD
+EK_TGT inline int32x4_t a8_unit_dot(int32x4_t acc, uint8x16_t v, const int8_t* xq) {
+#if EK_DOTPROD
   acc = vdotq_s32(acc, a8_slot<BITS, 0>(v), vld1q_s8(xq));
   if constexpr (BITS <= 4) acc = vdotq_s32(acc, a8_slot<BITS, 1>(v), vld1q_s8(xq + STRIDE));
   if constexpr (BITS == 2) {
@@ -66,7 +63,7 @@ inline int32x4_t a8_unit_dot(int32x4_t acc, uint8x16_t v, const int8_t* xq) {
 
 // 8 bits: qsum[m, g] = sum of the group's xq (8-bit xq is not permuted, so a group's
 // activations are its own g bytes; padded columns are zero). Other widths need none.
-inline void a8_neon_qsum(const Shape& s, const A8& a, int32_t* qsum) {
+EK_TGT inline void a8_neon_qsum(const Shape& s, const A8& a, int32_t* qsum) {
   for (int64_t m = 0; m < s.M; ++m) {
     for (int64_t g = 0; g < s.G; ++g) {
       const int8_t* p = a.xq + m * s.K_pad + g * s.g;
@@ -79,24 +76,24 @@ inline void a8_neon_qsum(const Shape& s, const A8& a, int32_t* qsum) {
 
 // Integer accumulator of group g at the start: 128 * sum(xq) in lane 0 for 8 bits (undoes u - 128).
 template <int BITS>
-inline int32x4_t a8_acc0(const int32_t* qsum, int64_t g) {
+EK_TGT inline int32x4_t a8_acc0(const int32_t* qsum, int64_t g) {
   if constexpr (BITS == 8) return vsetq_lane_s32(128 * qsum[g], vdupq_n_s32(0), 0);
   else return vdupq_n_s32(0);
 }
 
-inline float a8_h2f(uint16_t h) {
+EK_TGT inline float a8_h2f(uint16_t h) {
   __fp16 v;
   std::memcpy(&v, &h, sizeof(v));
   return static_cast<float>(v);
 }
 
-inline float32x4_t a8_h2f4(const uint16_t* h) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h))); }
+EK_TGT inline float32x4_t a8_h2f4(const uint16_t* h) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h))); }
 
 // One group per 16-byte unit (w2g64, w4g32, w8g16): 32-byte chunks hold groups (g, g+1), group
 // g + h at stride 32 from xq_p + 32 * CPB * (g / 2) + 16 * h; an odd last group is a lone unit.
 // Four groups at a time share one fp16 conversion of their scales and zeros.
 template <int BITS>
-float row_pairs_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* row,
+EK_TGT float row_pairs_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* row,
                         const uint16_t* sc, const uint16_t* zr, int64_t m) {
   constexpr int64_t CB = 16 * (8 / BITS);  // codes per unit (= per group)
   const int8_t* xq = a.xq + m * s.K_pad;
@@ -133,7 +130,7 @@ float row_pairs_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const 
 // Groups of 32 bytes or more (w2g128, w4g64+, w8 per channel): the two registers of a chunk
 // accumulate in separate int32 vectors (two dependency chains), then one FMA per group.
 template <int BITS>
-float row_groups_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* row,
+EK_TGT float row_groups_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* row,
                          const uint16_t* sc, const uint16_t* zr, int64_t m) {
   constexpr int CPB = 8 / BITS;
   const int8_t* xq = a.xq + m * s.K_pad;
@@ -160,7 +157,7 @@ float row_groups_a8_neon(const Shape& s, const A8& a, const int32_t* qsum, const
 
 // qsum: [M, G] from a8_neon_qsum for 8 bits, unused (may be null) for 2 and 4.
 template <int BITS>
-void rows_neon_a8(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* qw,
+EK_TGT void rows_neon_a8(const Shape& s, const A8& a, const int32_t* qsum, const uint8_t* qw,
                   const uint16_t* sc, const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
   const bool pairs = s.g * BITS / 8 == 16;
   for (int64_t n = n0; n < n1; ++n) {

@@ -30,6 +30,10 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #define EK_HAVE_NEON 1
+#if defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 #endif
 
 #ifdef EDGEKIT_USE_ET_THREADPOOL
@@ -501,7 +505,44 @@ bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot qu
 #endif
 
 #ifdef EK_HAVE_NEON
+namespace a8_neon {
+#define EK_TGT
+#define EK_DOTPROD 0
 #include "wq_a8_neon.h"  // NOLINT(build/include)
+#undef EK_TGT
+#undef EK_DOTPROD
+}  // namespace a8_neon
+namespace a8_neondot {
+// gcc 12's arm_neon.h declares vdotq_s32 under target("arch=armv8.2-a+dotprod") and an
+// always_inline callee's target must be a subset of its caller's, so "+dotprod" alone fails to
+// inline it; clang names the feature "dotprod".
+#if defined(__clang__)
+#define EK_TGT __attribute__((target("dotprod")))
+#else
+#define EK_TGT __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#define EK_DOTPROD 1
+#include "wq_a8_neon.h"  // NOLINT(build/include)
+#undef EK_TGT
+#undef EK_DOTPROD
+}  // namespace a8_neondot
+
+#if defined(__linux__) && !defined(HWCAP_ASIMDDP)
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+
+// SDOT (FEAT_DotProd) at run time: the kernel's hwcap bit on Linux and Android; elsewhere only
+// what the build's -march guarantees.
+bool cpu_has_dotprod() {
+#if defined(__linux__)
+  static const bool ok = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return ok;
+#elif defined(__ARM_FEATURE_DOTPROD)
+  return true;
+#else
+  return false;
+#endif
+}
 #endif
 
 // Mean seconds per call of `call` over `iters` back-to-back calls after one untimed call, or a
@@ -517,14 +558,15 @@ double time_calls(int iters, const F& call) {
   return dt.count() / iters;
 }
 
-// EDGEKIT_A8_IMPL=scalar|avx2|avxvnni|neon overrides the automatic pick (for A/B
+// EDGEKIT_A8_IMPL=scalar|avx2|avxvnni|neon|neondot overrides the automatic pick (for A/B
 // benchmarks of whole programs); a name this CPU or shape cannot run is ignored.
 int forced_a8(const Shape& s) {
   static const int forced = [] {
     const char* e = std::getenv("EDGEKIT_A8_IMPL");
     if (!e) return -1;
     const std::pair<const char*, int> names[] = {{"scalar", EK_IMPL_SCALAR}, {"avx2", EK_IMPL_AVX2},
-                                                 {"avxvnni", EK_IMPL_AVXVNNI}, {"neon", EK_IMPL_NEON}};
+                                                 {"avxvnni", EK_IMPL_AVXVNNI}, {"neon", EK_IMPL_NEON},
+                                                 {"neondot", EK_IMPL_NEON_DOTPROD}};
     for (const auto& [name, impl] : names)
       if (std::strcmp(e, name) == 0) return impl;
     return -1;
@@ -541,7 +583,7 @@ int pick_a8(const Shape& s) {
 #endif
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avx2()) return EK_IMPL_AVX2;
 #ifdef EK_HAVE_NEON
-  if (a8_simd_ok(s.bits, s.g)) return EK_IMPL_NEON;
+  if (a8_simd_ok(s.bits, s.g)) return cpu_has_dotprod() ? EK_IMPL_NEON_DOTPROD : EK_IMPL_NEON;
 #endif
   return EK_IMPL_SCALAR;
 }
@@ -550,7 +592,8 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
               const uint16_t* zr, float* y, int impl) {
   if (impl == EK_IMPL_AUTO) impl = pick_a8(s);
   if (impl != EK_IMPL_SCALAR &&
-      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_NEON) ||
+      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_NEON &&
+        impl != EK_IMPL_NEON_DOTPROD) ||
        !ek_impl_available(impl) ||
        !a8_simd_ok(s.bits, s.g)))
     return EK_UNSUPPORTED;
@@ -586,14 +629,16 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
     } catch (const std::bad_alloc&) {
       return EK_NO_MEMORY;
     }
-    a8_neon_qsum(s, a, qsbuf.data());
+    a8_neon::a8_neon_qsum(s, a, qsbuf.data());
   }
   const int32_t* qs = qsbuf.data();
-  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) {
-    if (s.bits == 2) rows_neon_a8<2>(s, a, qs, qw, sc, zr, y, b0, b1);
-    else if (s.bits == 4) rows_neon_a8<4>(s, a, qs, qw, sc, zr, y, b0, b1);
-    else rows_neon_a8<8>(s, a, qs, qw, sc, zr, y, b0, b1);
-  });
+  using Rows = void (*)(const Shape&, const A8&, const int32_t*, const uint8_t*, const uint16_t*,
+                        const uint16_t*, float*, int64_t, int64_t);
+  static const Rows table[2][3] = {  // [dotprod][bits 2, 4, 8]
+      {a8_neon::rows_neon_a8<2>, a8_neon::rows_neon_a8<4>, a8_neon::rows_neon_a8<8>},
+      {a8_neondot::rows_neon_a8<2>, a8_neondot::rows_neon_a8<4>, a8_neondot::rows_neon_a8<8>}};
+  const Rows rows = table[impl == EK_IMPL_NEON_DOTPROD][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
+  parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows(s, a, qs, qw, sc, zr, y, b0, b1); });
   return EK_OK;
 #else
   return EK_UNSUPPORTED;
@@ -631,6 +676,12 @@ int ek_impl_available(int impl) {
     case EK_IMPL_NEON:
 #ifdef EK_HAVE_NEON
       return 1;
+#else
+      return 0;
+#endif
+    case EK_IMPL_NEON_DOTPROD:
+#ifdef EK_HAVE_NEON
+      return cpu_has_dotprod() ? 1 : 0;
 #else
       return 0;
 #endif

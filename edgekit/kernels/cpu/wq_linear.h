@@ -43,6 +43,7 @@ enum ek_impl {
   EK_IMPL_AVX2 = 2,
   EK_IMPL_NEON = 3,
   EK_IMPL_AVXVNNI = 4, /* AVX2 + AVX-VNNI (vpdpbusd): the int8-activation path only */
+  EK_IMPL_NEON_DOTPROD = 5, /* NEON + SDOT (FEAT_DotProd): the int8-activation path only */
 };
 
 /* Row bytes of a packed row of K codes: ceil(ceil(K/g)*g * bits / 8). */
@@ -68,8 +69,9 @@ int ek_linear_wq(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
  * and y[m, n] = sum_g scale[n,g] * dx[m,g] * isum[m,n,g] + zero[n,g] * xsum[m,g], where
  * isum = sum_k u[n,k] * xq[m,k] is an exact integer and xsum the float sum of the group's x.
  * Implementations: scalar (all bit widths, the reference), AVX2 and AVX2+AVX-VNNI (b = 2, 4, 8
- * with g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16) and NEON for the same
- * shapes (EK_IMPL_NEON: SDOT when built with +dotprod, else SMULL/SADALP; wq_a8_neon.h).
+ * with g * b / 8 a multiple of 16 bytes: w2 g%64, w4 g%32, w8 g%16) and, for the same shapes,
+ * NEON (SMULL/SADALP) and NEON+SDOT, both always built; the SDOT one runs where the CPU reports
+ * dot product (HWCAP_ASIMDDP), chosen at run time like AVX-VNNI (wq_a8_neon.h).
  * The workspace is internal (grown once per thread). Same status codes as ek_linear_wq. */
 int ek_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
                     const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,

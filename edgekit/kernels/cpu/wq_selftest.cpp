@@ -1,12 +1,13 @@
 // Self-test of the wq_linear kernels without Python: every SIMD implementation available on
 // this CPU against the scalar reference, on odd shapes, for 2- and 4-bit codes, and the
-// int8-activation (a8) SIMD rows for 2, 4 and 8 bits. Used to check the NEON path on an x86
+// int8-activation (a8) SIMD rows for 2, 4 and 8 bits. Used to check the NEON paths on an x86
 // host (cross-compiled, run under qemu-aarch64) and natively by CMake. Prints one line per
-// case, a summary line per a8 implementation and a total; exit status 0 = all pass.
+// case, a summary line per a8 implementation, the a8 automatic pick and a total; exit status
+// 0 = all pass. A base armv8-a build holds both NEON a8 variants; which run depends on the CPU:
 //
-//   aarch64-linux-gnu-g++ -std=c++17 -O2 -static -march=armv8.2-a+dotprod
-//       wq_linear.cpp wq_selftest.cpp -o selftest
-//   qemu-aarch64 -cpu max ./selftest
+//   aarch64-linux-gnu-g++ -std=c++17 -O2 -static -march=armv8-a wq_linear.cpp wq_selftest.cpp -o selftest
+//   qemu-aarch64 -cpu max ./selftest         # neon base and neon sdot
+//   qemu-aarch64 -cpu cortex-a53 ./selftest  # neon base only (no dot product)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -129,12 +130,7 @@ int main() {
                   {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}, {5, 6, 90, 32},
                   {2, 9, 200, 64}, {3, 7, 300, 96}, {1, 5, 460, 192}, {2, 4, 100, 48},
                   {6, 3, 1040, 0}, {1, 8, 330, 16}, {7, 5, 144, 0}};
-#if defined(__ARM_FEATURE_DOTPROD)
-  const char* neon_variant = "neon sdot";
-#else
-  const char* neon_variant = "neon base";  // SMULL/SADALP (built without +dotprod)
-#endif
-  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_NEON}) {
+  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_NEON, EK_IMPL_NEON_DOTPROD}) {
     if (!ek_impl_available(impl)) continue;
     int a8_checked = 0, a8_failed = 0;
     for (int bits : {2, 4, 8}) {
@@ -147,11 +143,13 @@ int main() {
         }
       }
     }
-    std::printf("a8 impl=%d (%s): %d checked, %d failed\n", impl,
-                impl == EK_IMPL_NEON ? neon_variant : impl == EK_IMPL_AVX2 ? "avx2" : "avxvnni", a8_checked, a8_failed);
+    const char* name = impl == EK_IMPL_AVX2 ? "avx2" : impl == EK_IMPL_AVXVNNI ? "avxvnni"
+                       : impl == EK_IMPL_NEON ? "neon base" : "neon sdot";
+    std::printf("a8 impl=%d (%s): %d checked, %d failed\n", impl, name, a8_checked, a8_failed);
     checked += a8_checked;
     failed += a8_failed;
   }
+  std::printf("a8 pick w2g64: impl=%d\n", ek_linear_wq_a8_pick(576, 2, 64));
   std::printf("%d checked, %d failed\n", checked, failed);
   return failed == 0 && checked > 0 ? 0 : 1;
 }
