@@ -181,16 +181,28 @@ def _fused(model: nn.Module) -> Iterator[int]:
 @contextmanager
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
-    ``_FusedSlice``, unless ``fuse`` is False); yields ``{ops, n_linears, fused_groups}`` for the
-    manifest (``ops`` counts calls in the program, empty when the model has no packed linears)."""
+    ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
+    ``edgekit::sdpa_cache`` calls; yields ``{ops, n_linears, fused_groups}`` for the manifest
+    (``ops`` counts calls in the program, empty when the model has no packed linears)."""
     with (_fused(model) if fuse else nullcontext(0)) as n_groups:
         ops: dict[str, int] = {}
         for _, m in model.named_modules():
             if isinstance(m, (_PackedLinear, ETPackedLinear)):
                 name = f"edgekit::{et_op_name(m) if isinstance(m, _PackedLinear) else m.op_name}"
                 ops[name] = ops.get(name, 0) + 1
-        with _swapped(model, ETPackedLinear):
-            yield {"ops": ops, "n_linears": sum(ops.values()), "fused_groups": n_groups}
+        n_linears = sum(ops.values())
+        # A program that needs edgekit's kernels anyway also takes its attention op.
+        attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
+        if attn:
+            ops["edgekit::sdpa_cache"] = len(attn)
+        try:
+            for m in attn:
+                m.cache_sdpa = True
+            with _swapped(model, ETPackedLinear):
+                yield {"ops": ops, "n_linears": n_linears, "fused_groups": n_groups}
+        finally:
+            for m in attn:
+                m.cache_sdpa = False
 
 
 

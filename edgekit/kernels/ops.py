@@ -9,6 +9,9 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
     edgekit::linear_w3 / linear_w4 / linear_w8(...same...)
     edgekit::linear_w{2,3,4,8}.out(..., *, Tensor(a!) out) -> Tensor(a!)
     edgekit::linear_w{2,3,4,8}a8(...same...)   int8 activations per group (QuantConfig.act_bits=8)
+    edgekit::sdpa_cache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor
+        attention over the static KV cache; the C++ op reads only the visible slots, so a
+        decode step costs O(context) instead of O(max_seq_len) (kernels/cpu/attn.h)
 
 ``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
@@ -33,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 
 import torch
@@ -84,6 +88,43 @@ for _name, _bits in BITS.items():
     _define(_name, _bits)
 
 
+def sdpa_cache_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q (1, H, T, hd) over the whole cache (1, KV, S, hd) with an additive mask
+    (T, S); returns (1, T, H * hd). Grouped heads: query head h reads KV head h // (H // KV).
+    The eager model's math (edgekit.models.llama.Attention), which the C++ op matches while
+    reading only the visible slots."""
+    B, H, T, hd = q.shape
+    KV, S = k_cache.shape[1], k_cache.shape[2]
+    qg = q.reshape(B * KV, -1, hd)  # (KV, rep*T, hd)
+    scores = torch.bmm(qg, k_cache.reshape(B * KV, S, hd).transpose(1, 2)) * (1.0 / math.sqrt(hd))
+    scores = scores.view(B, KV, H // KV, -1, S) + mask
+    probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B * KV, -1, S)
+    out = torch.bmm(probs, v_cache.reshape(B * KV, S, hd))  # (KV, rep*T, hd)
+    return out.view(B, H, -1, hd).transpose(1, 2).reshape(B, -1, H * hd)
+
+
+_SDPA = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask"
+_lib.define(f"sdpa_cache{_SDPA}) -> Tensor")
+_lib.define(f"sdpa_cache.out{_SDPA}, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _sdpa_out(q, k_cache, v_cache, mask, *, out):
+    y = sdpa_cache_reference(q, k_cache, v_cache, mask)
+    out.resize_(y.shape)
+    out.copy_(y)
+    return out
+
+
+def _sdpa_fake(q, k_cache, v_cache, mask):
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1] * q.shape[3]))
+
+
+_lib.impl("sdpa_cache", sdpa_cache_reference, "CompositeExplicitAutograd")
+_lib.impl("sdpa_cache.out", _sdpa_out, "CompositeExplicitAutograd")
+torch.library.register_fake("edgekit::sdpa_cache", _sdpa_fake, lib=_lib)
+
+
 _et_loaded: ctypes.CDLL | None = None
 _et_lock = threading.Lock()
 
@@ -107,6 +148,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != len(BITS):
+            if _et_loaded.ek_et_ops_registered() != len(BITS) + 1:  # + sdpa_cache
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

@@ -107,6 +107,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, self.n_kv * self.hd, bias=args.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.hd, args.dim, bias=False)
         self.kv_cache = StaticKVCache(max_batch, self.n_kv, args.max_seq_len, self.hd, torch.float32)
+        # True: attention is one edgekit::sdpa_cache call (set for ExecuTorch export when the
+        # program carries edgekit's kernels; the op reads only visible cache slots)
+        self.cache_sdpa = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +124,10 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin, self.interleaved)
         k = apply_rope(k, cos, sin, self.interleaved)
         k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
+        if self.cache_sdpa:
+            import edgekit.kernels.ops  # noqa: F401  (registers torch.ops.edgekit)
+
+            return self.wo(torch.ops.edgekit.sdpa_cache(q, k_all, v_all, mask))  # (B, T, H*hd) -> dim
         S = k_all.shape[2]
         rep = H // KV
         # Group query heads by their KV head instead of copying the cache `rep` times.

@@ -558,8 +558,9 @@ def _price(shape: ModelShape, fmt: WeightFormat, tgt: Target, preset: str, head:
     act_b = DTYPE_BYTES[float_name]
     mem = _memory(shape, fmt, d, context=context, kv_b=kv_b, act_b=act_b, chunk=chunk, sampling=sampling,
                   runtime=runtime)
-    # edgekit's XNNPACK programs attend their whole static KV cache at every step.
-    static = tgt.backend == "xnnpack"
+    # edgekit's float XNNPACK programs attend their whole static KV cache at every step; a
+    # quantized program carries edgekit's kernels and its attention op reads only the context.
+    static = tgt.backend == "xnnpack" and fmt.bits >= 16
     if d.kind == "none":
         speed = decode_speed(shape, fmt, tgt, context=context, prompt=prompt, kv_bytes=kv_b,
                              prefill_chunk=chunk, sparse=sparse, static_cache=static)

@@ -444,8 +444,9 @@ def decode_speed(shape: ModelShape, fmt: WeightFormat, target: Target, *, contex
     (KV length halfway between ``prompt`` and ``context``), never from an empty cache.
 
     ``static_cache``: the program attends every one of the ``context`` allocated KV rows at each
-    step, filled or not (edgekit's ExecuTorch programs: a fixed ``(B, n_kv, S, hd)`` cache and a
-    ``(T, S)`` additive mask), so a step reads the whole cache instead of the filled part.
+    step, filled or not (edgekit's float ExecuTorch programs: a fixed ``(B, n_kv, S, hd)`` cache
+    and a ``(T, S)`` additive mask), so a step reads the whole cache instead of the filled part.
+    Quantized programs carry ``edgekit::sdpa_cache``, which reads only the filled part.
 
     With a draft (``draft_kind != "none"``) a step costs ``draft_calls`` (default ``k``; Medusa
     heads draft all k in one call) draft forwards of ``draft_step_s`` seconds plus one

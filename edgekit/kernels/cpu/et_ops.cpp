@@ -5,6 +5,9 @@
 //                          int group_size, int in_features, *, Tensor(a!) out) -> Tensor(a!)
 //   edgekit::linear_w3.out / linear_w4.out / linear_w8.out(... same ...)
 //   edgekit::linear_w{2,3,4,8}a8.out(... same ...)  int8 activations per group (ek_linear_wq_a8)
+//   edgekit::sdpa_cache.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, *,
+//                           Tensor(a!) out) -> Tensor(a!)         attention over the KV cache
+//                           reading only visible slots (attn.h)
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -13,7 +16,9 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 
 #include <array>
+#include <cmath>
 
+#include "attn.h"
 #include "wq_linear.h"
 
 namespace edgekit {
@@ -107,6 +112,32 @@ EK_A8_OP(4)
 EK_A8_OP(8)
 #undef EK_A8_OP
 
+// q float32 [1, H, T, hd]; k_cache, v_cache [1, KV, S, hd]; mask [T, S] additive (0 visible,
+// -inf hidden); out [1, T, H * hd].
+Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache,
+                       const Tensor& v_cache, const Tensor& mask, Tensor& out) {
+  for (const Tensor* t : {&q, &k_cache, &v_cache, &mask, const_cast<const Tensor*>(&out)})
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, out,
+                        "edgekit::sdpa_cache: all tensors must be float32");
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2 &&
+                           q.size(0) == 1 && k_cache.size(0) == 1,
+                      InvalidArgument, out, "edgekit::sdpa_cache: q/k/v must be [1, heads, seq, hd], mask 2-D");
+  const int64_t H = q.size(1), T = q.size(2), hd = q.size(3);
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, k_cache.size(3) == hd && v_cache.size(1) == KV && v_cache.size(2) == S &&
+                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && H % KV == 0,
+                      InvalidArgument, out, "edgekit::sdpa_cache: shapes do not agree");
+  const std::array<SizesType, 3> sizes{1, static_cast<SizesType>(T), static_cast<SizesType>(H * hd)};
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
+                      InvalidArgument, out, "edgekit::sdpa_cache: cannot resize out");
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));  // as the model
+  const int st = ek_sdpa_cache(q.const_data_ptr<float>(), H, T, hd, k_cache.const_data_ptr<float>(),
+                               v_cache.const_data_ptr<float>(), KV, S, mask.const_data_ptr<float>(), scale,
+                               out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::sdpa_cache: %s", ek_status_str(st));
+  return out;
+}
+
 }  // namespace
 }  // namespace edgekit
 
@@ -118,6 +149,7 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w2a8.out", edgekit::linear_w2a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
+EXECUTORCH_LIBRARY(edgekit, "sdpa_cache.out", edgekit::sdpa_cache_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 8; }
+extern "C" int ek_et_ops_registered(void) { return 9; }

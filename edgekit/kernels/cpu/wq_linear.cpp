@@ -13,6 +13,8 @@
 // never contributes.
 #include "wq_linear.h"
 
+#include "parallel.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -303,20 +305,7 @@ void rows_neon(const Shape& s, const float* xp, const float* xsum, const uint8_t
 #endif
 
 // ---- threading -------------------------------------------------------------------------------
-template <class F>
-void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
-#ifdef EDGEKIT_USE_ET_THREADPOOL
-  const int64_t threads = executorch::extension::get_thread_count();
-  // Below ~64K multiply-adds the wake-up of the pool costs more than it saves.
-  if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
-    const int64_t grain = std::max<int64_t>(1, N / (threads * 4));
-    executorch::extension::parallel_for(0, N, grain, [&](int64_t a, int64_t b) { f(a, b); });
-    return;
-  }
-#endif
-  (void)work_per_row;
-  f(0, N);
-}
+using ek::parallel_rows;
 
 bool make_shape(int64_t M, int64_t K, int64_t N, int bits, int64_t group_size, Shape* s) {
   if (M <= 0 || K <= 0 || N <= 0) return false;

@@ -1,0 +1,34 @@
+// Row-parallel loop on the ExecuTorch threadpool (shared by the kernels in this directory).
+// Built without EDGEKIT_USE_ET_THREADPOOL (the selftest, a cross build) it runs serially.
+#ifndef EDGEKIT_PARALLEL_H_
+#define EDGEKIT_PARALLEL_H_
+
+#include <stdint.h>
+
+#include <algorithm>
+
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+#endif
+
+namespace ek {
+
+// f(begin, end) over [0, N) in chunks; work_per_row (multiply-adds) decides whether waking the
+// pool pays: below ~64K multiply-adds in all it costs more than it saves.
+template <class F>
+void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
+#ifdef EDGEKIT_USE_ET_THREADPOOL
+  const int64_t threads = executorch::extension::get_thread_count();
+  if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
+    const int64_t grain = std::max<int64_t>(1, N / (threads * 4));
+    executorch::extension::parallel_for(0, N, grain, [&](int64_t a, int64_t b) { f(a, b); });
+    return;
+  }
+#endif
+  (void)work_per_row;
+  f(0, N);
+}
+
+}  // namespace ek
+
+#endif  // EDGEKIT_PARALLEL_H_
