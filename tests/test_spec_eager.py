@@ -12,7 +12,7 @@ from edgekit.models.config import ModelArgs
 from edgekit.models.llama import Transformer
 from edgekit.models.load import load_model
 from edgekit.runtime.engine import EagerBackend, Engine, SamplingConfig
-from edgekit.runtime.spec import EarlyExitBackend, ModelDrafter, SpecConfig, SpecDecoder
+from edgekit.runtime.spec import EarlyExitBackend, LookupDrafter, ModelDrafter, SpecConfig, SpecDecoder
 
 
 def _plain(model, ids, n):
@@ -38,6 +38,8 @@ def _drafter(kind, target_model, target_engine):
         return ModelDrafter(EagerBackend(_random_model(7, vocab=target_model.args.vocab_size)))
     if kind == "self-copy":  # stands in for the quantized self-draft until a quantized copy is given
         return ModelDrafter(EagerBackend(copy.deepcopy(target_model)))
+    if kind == "lookup":
+        return LookupDrafter()
     raise ValueError(kind)
 
 
@@ -85,10 +87,12 @@ def _target_joint(model, ctx, cfg):
 
 
 def _spec_joint_counts(target, draft, ctx, cfg, n, accept_all=False):
+    """``draft``: a draft model, or "lookup" for the prompt-lookup drafter."""
     counts = torch.zeros(target.args.vocab_size, target.args.vocab_size)
     for seed in range(n):
         eng = Engine(EagerBackend(target), stop_ids=[])
-        dec = SpecDecoder(eng, ModelDrafter(EagerBackend(draft)), SpecConfig(k=3))
+        drafter = LookupDrafter() if draft == "lookup" else ModelDrafter(EagerBackend(draft))
+        dec = SpecDecoder(eng, drafter, SpecConfig(k=3))
         if accept_all:  # a broken verifier that keeps every draft: the test must catch it
             dec._chain_step = _accept_all_step(dec)
         sc = SamplingConfig(cfg.temperature, cfg.top_p, seed)
@@ -100,8 +104,8 @@ def _spec_joint_counts(target, draft, ctx, cfg, n, accept_all=False):
 def _accept_all_step(dec):
     def step(context, k, sampler, greedy):
         drafts, _ = dec.drafter.chain(context, k, sampler)
-        dec.target.step([context[-1]] + drafts)
-        return drafts
+        logits = dec.target.step([context[-1]] + drafts)
+        return drafts + [sampler(logits[len(drafts)])]  # every draft kept, plus the bonus token
     return step
 
 
@@ -126,3 +130,53 @@ def test_speculative_sampling_preserves_target_distribution():
     obs_bad = torch.cat([bad[keep], bad[~keep].sum().reshape(1)])
     p_bad = chisquare(obs_bad.numpy(), exp.numpy() * obs_bad.sum().item() / exp.sum().item()).pvalue
     assert p_bad < 1e-6, p_bad
+
+
+def test_lookup_draft_greedy_identical_and_accepting(stories_dir):
+    """Prompt lookup on the real model: the same tokens as plain greedy, and some of its drafts
+    are accepted (tau 1.08 here: this story repeats little within 96 tokens)."""
+    lm = load_model(stories_dir)
+    ids = lm.tokenizer.encode("Once upon a time")
+    want = _plain(lm.model, ids, 96)
+    eng = Engine(EagerBackend(lm.model), stop_ids=[])
+    res = SpecDecoder(eng, LookupDrafter(), SpecConfig(k=4)).generate(ids, 96)
+    assert res.tokens == want
+    assert res.tau > 1.0 and res.steps < 95, res.tau
+
+
+def test_lookup_draft_random_tiny_greedy_identical():
+    target = _random_model(1)
+    ids = [1, 5, 9, 33, 2, 17, 5, 9]
+    want = _plain(target, ids, 40)
+    eng = Engine(EagerBackend(target), stop_ids=[])
+    assert SpecDecoder(eng, LookupDrafter(max_ngram=2), SpecConfig(k=3)).generate(ids, 40).tokens == want
+
+
+def test_lookup_proposals():
+    d = LookupDrafter(max_ngram=3)
+    assert d.propose([5, 6, 7, 8, 5, 6, 7], 2) == [8, 5]  # the 3-gram (5, 6, 7) matched
+    assert d.propose([1, 2, 9, 2], 3) == [9, 2]  # the 1-gram (2,), what followed it
+    assert d.propose([1, 2, 3], 4) == []  # nothing repeats
+    assert d.propose([4, 1, 4, 2, 4], 1) == [2]  # the latest earlier occurrence wins
+
+
+def test_speculative_sampling_with_lookup_drafts_preserves_the_distribution():
+    """A deterministic draft (a point mass) under rejection sampling: the output still follows
+    the target. Every token occurs in the context, so lookup proposes a draft on every path."""
+    from scipy.stats import chisquare
+
+    V = 8
+    target = _random_model(3, vocab=V, layers=2, dim=32, scale=0.5)
+    ctx = [3, 1, 4, 1, 5, 2, 6, 0, 7, 2, 1]
+    cfg = SamplingConfig(temperature=1.0, top_p=1.0)
+    joint = _target_joint(target, ctx, cfg).flatten()
+    n = 3000
+    keep = joint * n >= 5
+    exp = torch.cat([joint[keep] * n, (joint[~keep].sum() * n).reshape(1)])
+
+    def pvalue(counts):
+        obs = torch.cat([counts.flatten()[keep], counts.flatten()[~keep].sum().reshape(1)])
+        return chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue
+
+    assert pvalue(_spec_joint_counts(target, "lookup", ctx, cfg, n)) > 1e-3
+    assert pvalue(_spec_joint_counts(target, "lookup", ctx, cfg, n, accept_all=True)) < 1e-6

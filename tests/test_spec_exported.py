@@ -92,6 +92,16 @@ def test_early_exit_program_matches_plain_greedy(pkgs, plain, backend):
     assert mem["weights"] > load_package(pkgs[0]).weight_bytes()  # ... and its duplicated weights
 
 
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+def test_lookup_draft_on_a_package_matches_plain_greedy(pkgs, plain, backend):
+    """The prompt-lookup draft needs no program of its own: any package target verifies it."""
+    s = ChatSession(package=load_package(pkgs[0]), draft="lookup", spec=SpecConfig(k=4), backend=backend)
+    r = s.turn(PROMPT, N)
+    assert r.tokens == plain[backend]
+    assert sum(r.accepted) > r.steps  # some lookup drafts were accepted
+    assert s.report()["memory"]["weights"] == load_package(pkgs[0]).weight_bytes()  # no draft weights
+
+
 def test_package_without_the_draft_says_how_to_export_it(pkgs):
     with pytest.raises(UserError) as e:
         ChatSession(package=load_package(pkgs[0]), draft="early-exit:2")

@@ -6,7 +6,7 @@ import pytest
 
 from edgekit.runtime.memory import CHAINS, TREES
 
-from edgekit.errors import BudgetError
+from edgekit.errors import BudgetError, UserError
 from edgekit.models.load import load_model
 from edgekit.runtime.engine import EagerBackend, Engine
 from edgekit.runtime.memory import MIB, SpecMemo, model_weight_bytes
@@ -177,3 +177,24 @@ def test_guard_probes_plain_steps_when_none_were_timed(stories_dir):
     res = s.turn("Once upon a time", 30)
     assert len(s.memo.guard.plain) == s.memo.guard.probe  # two plain steps timed, then speculation
     assert res.spec_tokens == len(res.tokens) - 1 - s.memo.guard.probe
+
+
+def test_lookup_draft_under_budget_matches_plain_and_holds_no_draft_memory(stories_dir):
+    turns = ["Once upon a time", " Lily went to the park.", " The end. One day"]
+    want = _plain_chat(load_model(stories_dir), turns, 40)
+    lm = load_model(stories_dir)
+    w = model_weight_bytes(lm.model)
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="lookup:2")
+    assert [s.turn(t, 40).tokens for t in turns] == want
+    rep = s.report()
+    assert rep["memory"]["weights"] == w  # no draft weights
+    assert "kv_cache.draft" not in rep["memory"]
+    assert all("tree" not in t.spec for t in s.turns)  # chains only
+
+
+def test_lookup_draft_refuses_trees(stories_dir):
+    with pytest.raises(UserError, match="chains only"):
+        ChatSession(lm=load_model(stories_dir), draft="lookup", spec=SpecConfig(tree=(2, 4)))
+    with pytest.raises(UserError, match="bad draft") as e:
+        ChatSession(lm=load_model(stories_dir), draft="lookup:x")
+    assert "lookup:N" in e.value.hint

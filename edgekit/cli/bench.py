@@ -18,7 +18,7 @@ def bench(
     reps: Annotated[int, typer.Option("--reps", min=1, help="Counted repetitions (plus one warm-up).")] = 5,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1)] = None,
     native: Annotated[bool, typer.Option("--native", help="Bench the .pte in the native C++ runner.")] = False,
-    spec: Annotated[Optional[str], typer.Option("--spec", help="Bench speculative decoding with this draft: early-exit:K, a draft package directory, or self-quant:w4|w8 (checkpoint targets).")] = None,
+    spec: Annotated[Optional[str], typer.Option("--spec", help="Bench speculative decoding with this draft: early-exit:K, lookup[:N], a draft package directory, or self-quant:w4|w8 (checkpoint targets).")] = None,
     budget_mb: Annotated[Optional[float], typer.Option("--budget-mb", help="With --spec: one memory budget (MiB, weights included).")] = None,
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="With --spec: fixed chain length (default: SpecMemo's choice; native: 4).")] = None,
     tree: Annotated[Optional[str], typer.Option("--tree", help="With --spec: tree drafting BRANCH,NODES (eager targets, or packages exported with --tree-verify).")] = None,

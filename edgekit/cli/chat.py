@@ -9,7 +9,7 @@ import typer
 
 from edgekit.cli.common import emit_json, log
 
-DRAFT_HELP = "none | early-exit:K | self-quant:w4|w8 | a draft checkpoint or package path."
+DRAFT_HELP = "none | early-exit:K | lookup[:N] (prompt lookup: no model) | self-quant:w4|w8 | a draft checkpoint or package path."
 
 
 def parse_tree(tree: str | None):

@@ -21,7 +21,7 @@ def run(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the backend.")] = None,
     native: Annotated[bool, typer.Option("--native", help="Use the native C++ runner on the .pte (greedy only).")] = False,
-    draft: Annotated[Optional[str], typer.Option("--draft", help="Speculative draft: early-exit:K (the package's draft program), self-quant:w4|w8 (eager only), or a draft package directory.")] = None,
+    draft: Annotated[Optional[str], typer.Option("--draft", help="Speculative draft: early-exit:K (the package's draft program), lookup[:N] (prompt lookup, no model), self-quant:w4|w8 (eager only), or a draft package directory.")] = None,
     budget_mb: Annotated[Optional[float], typer.Option("--budget-mb", help="Memory budget (MiB, weights included) checked before loading anything else; exit 2 naming the minimum.")] = None,
     draft_k: Annotated[Optional[int], typer.Option("--draft-k", min=1, help="Fixed chain length (default: chosen by SpecMemo; native: 4).")] = None,
     tree: Annotated[Optional[str], typer.Option("--tree", help="Tree drafting BRANCH,NODES (eager targets, or packages exported with --tree-verify).")] = None,

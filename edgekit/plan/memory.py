@@ -306,7 +306,7 @@ def kv_cache_bytes(shape: ModelShape, context: int, kv_bytes: float = 2, batch: 
 
 # --- speculative drafts -----------------------------------------------------------------------
 
-DraftKind = Literal["none", "model", "early-exit", "self-quant", "medusa"]
+DraftKind = Literal["none", "model", "early-exit", "self-quant", "medusa", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ def draft_weight_bytes(draft: Draft, target: ModelShape, fmt: WeightFormat) -> i
     """Extra weight bytes the drafter adds. Early exit reuses the target's layers and head (0);
     a self-quant draft is a quantized copy of the linear layers and LM head sharing the
     embedding; Medusa heads are ``K (d^2 + d + d V)`` parameters in the target's format."""
-    if draft.kind in ("none", "early-exit"):
+    if draft.kind in ("none", "early-exit", "lookup"):  # lookup: a search over the context, no model
         return 0
     if draft.kind == "self-quant":
         dfmt = self_quant_format(draft.bits, fmt)
@@ -627,7 +627,7 @@ def estimate_memory(shape: ModelShape, fmt: WeightFormat, *, context: int,
             terms["spec.tree_mask"] = T * T * B
         heads = draft.heads if draft.kind == "medusa" else 0
         terms["logits.verify"] = int(B * T * V * 4 * (1 + heads))
-        if draft.kind != "medusa":
+        if draft.kind not in ("medusa", "lookup"):
             terms["logits.draft"] = int(B * (k if sampling else 1) * V * 4)
     # Logits of the largest forward: a prefill chunk returns logits for all its tokens.
     prefill_T = min(prefill_chunk, context)

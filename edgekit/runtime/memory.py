@@ -142,7 +142,7 @@ class SpecMemo:
     def _draft(self, spec: SpecConfig | None) -> Draft:
         if spec is None or self.draft_kind == "none":
             return Draft()
-        kind = "early-exit" if self.draft_kind == "early-exit" else "model"
+        kind = self.draft_kind if self.draft_kind in ("early-exit", "lookup") else "model"
         return Draft(kind=kind, length=spec.k if spec.tree is None else 1, exit_layer=self.exit_layer,
                      tree_size=spec.tree[1] if spec.tree else None,
                      shape=self.shape if kind == "model" else None)
@@ -238,7 +238,8 @@ class SpecMemo:
             return 1.0 / self.cost(1, L)
         e = self.accept.expected_tokens(spec)
         if spec.tree is None:
-            t = spec.k * self.cost(1, self.draft_layers) + self.cost(spec.k + 1, L)
+            draft = 0.0 if self.draft_kind == "lookup" else self.cost(1, self.draft_layers)  # a list search
+            t = spec.k * draft + self.cost(spec.k + 1, L)
         else:
             T = spec.tree[1]
             t = self.tree_levels(spec) * self.cost(T, self.draft_layers) + self.cost(T, L)
@@ -266,6 +267,8 @@ class SpecMemo:
         if self.draft_kind == "none":
             return None
         options = options or (CHAINS + TREES)
+        if self.draft_kind == "lookup":  # chains only
+            options = [o for o in options if o.tree is None]
         speed = {id(o): self.predicted_tok_s(o) for o in options}
         best = max(speed.values())
         if best <= self.predicted_tok_s(None) or not self.spec_pays:

@@ -16,14 +16,19 @@ from edgekit.errors import BudgetError, UserError
 from edgekit.models.load import LoadedModel
 from edgekit.runtime.engine import EagerBackend, Engine, GenerationResult, SamplingConfig
 from edgekit.runtime.memory import CHAINS, MIB, TREES, SpecMemo, model_weight_bytes
-from edgekit.runtime.spec import EarlyExitBackend, ModelDrafter, SpecConfig, SpecDecoder
+from edgekit.runtime.spec import EarlyExitBackend, LookupDrafter, ModelDrafter, SpecConfig, SpecDecoder
 
 
 def parse_draft(spec: str, n_layers: int) -> tuple[str, int]:
-    """``none`` | ``early-exit:K`` | ``self-quant:BITS`` | a model path -> (kind, int arg)."""
+    """``none`` | ``early-exit:K`` | ``self-quant:BITS`` | ``lookup[:N]`` | a model path ->
+    (kind, int arg); lookup's arg is its longest n-gram (default 3)."""
     if spec in ("", "none"):
         return "none", 0
     kind, _, arg = spec.partition(":")
+    if kind == "lookup":
+        if arg and not (arg.isdigit() and 1 <= int(arg) <= 8):
+            raise UserError(f"bad draft {spec!r}", "use lookup or lookup:N with N in 1..8 (longest n-gram)")
+        return "lookup", int(arg or 3)
     if kind == "early-exit":
         try:
             k = int(arg)
@@ -134,8 +139,12 @@ class ChatSession:
             self.drafter = ModelDrafter(EagerBackend(quantized_copy(self.lm.model, bits=arg)))
         elif kind == "model":
             self.drafter = ModelDrafter(self._load_draft(self.draft))
-        self.tree_ok = tree_ok and (self.drafter is None or self.resizable
-                                    or getattr(self.drafter.backend, "supports_tree", False))
+        elif kind == "lookup":
+            self.drafter = LookupDrafter(max_ngram=arg)
+            if self.spec is not None and self.spec.tree is not None:
+                raise UserError("the lookup draft makes chains only", "drop --tree, or use --draft-k K")
+        self.tree_ok = tree_ok and kind != "lookup" and (self.drafter is None or self.resizable
+                                                         or getattr(self.drafter.backend, "supports_tree", False))
         if self.spec is not None and self.spec.tree is not None and not self.resizable:
             if not self.tree_ok:
                 raise UserError("the draft program cannot grow trees",
@@ -147,7 +156,7 @@ class ChatSession:
             if getattr(self.drafter.backend, "vocab_size", args.vocab_size) != args.vocab_size:
                 raise UserError("the draft's vocabulary differs from the target's",
                                 "use a draft that shares the target's tokenizer")
-            if kind not in ("early-exit",):
+            if kind not in ("early-exit", "lookup"):
                 extra = self._backend_weight_bytes(self.drafter.backend)
         budget = int(self.budget_mb * MIB) if self.budget_mb else None
         weights = model_weight_bytes(self.lm.model) if self.resizable else self.package.weight_bytes()

@@ -188,6 +188,44 @@ class ModelDrafter:
         return tokens, parents
 
 
+class LookupDrafter:
+    """Prompt-lookup drafting: no model, no weights, no KV cache. The longest n-gram (``max_ngram``
+    down to ``min_ngram`` tokens) that ends the context and occurred earlier in it proposes the
+    tokens that followed its latest earlier occurrence. A draft costs a list search instead of
+    a forward, so it pays wherever the text repeats itself (names, phrases, code, a quoted
+    prompt) even when a verification forward costs as much as a plain step (small models on a
+    CPU). Chains only; the draft is a point mass, which speculative sampling handles exactly.
+    """
+
+    name = "lookup"
+    backend = None
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise UserError(f"bad lookup n-gram range {min_ngram}..{max_ngram}", "use lookup:N with N >= 1")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.fed: list[int] = []
+        self.top: list[list[int]] = []
+        self.full_logits = False
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the context's tail."""
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            tail = context[-n:]
+            for i in range(len(context) - n - 1, -1, -1):  # latest occurrence first
+                if context[i:i + n] == tail:
+                    return context[i + n:i + n + k]
+        return []
+
+    def chain(self, context: list[int], k: int, sampler: Sampler | None) -> tuple[list[int], list[None]]:
+        toks = self.propose(context, k)
+        self.top = [[t] for t in toks]  # the proposal is the draft's only rank
+        return toks, [None] * len(toks)  # None: a point mass at the token (SpecDecoder._chain_step)
+
+    def tree(self, context: list[int], branch: int, max_nodes: int):
+        raise UserError("the lookup draft makes chains only", "drop --tree or use a model draft")
+
+
 @dataclass
 class SpecResult(GenerationResult):
     steps: int = 0  # target verification forwards
@@ -352,6 +390,9 @@ class SpecDecoder:
             else:
                 p = sampler.probs(logits[i])
                 q = qs[i]
+                if q is None:  # a deterministic draft (LookupDrafter): a point mass at d
+                    q = torch.zeros_like(p)
+                    q[d] = 1.0
                 r = torch.rand((), generator=sampler.gen)
                 if float(r) < min(1.0, float(p[d] / q[d])):
                     new.append(d)
@@ -361,7 +402,7 @@ class SpecDecoder:
                 new.append(int(torch.multinomial(resid, 1, generator=sampler.gen)))
                 break
         else:
-            new.append(sampler(logits[k]))  # all accepted: bonus token from the last row
+            new.append(sampler(logits[len(drafts)]))  # all accepted: bonus token from the last row
         # Keep rows for context[-1] and the accepted drafts; the last new token is not fed yet.
         eng.rollback(start + len(new))
         return new
