@@ -154,7 +154,7 @@ def test_guard_switches_a_turn_to_plain_with_the_same_tokens(stories_dir, plain_
     want = _plain_chat(load_model(stories_dir), turns, 40)
     lm = load_model(stories_dir)
     w = model_weight_bytes(lm.model)
-    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2))
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2), guard=True)
     s.memo.guard.plain = [plain_step_s]  # as if plain steps had been timed at this speed
     res = s.turn(turns[0], 40)
     assert s.memo.guard.tripped is trips
@@ -172,7 +172,7 @@ def test_guard_switches_a_turn_to_plain_with_the_same_tokens(stories_dir, plain_
 def test_guard_probes_plain_steps_when_none_were_timed(stories_dir):
     lm = load_model(stories_dir)
     w = model_weight_bytes(lm.model)
-    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2))
+    s = ChatSession(lm=lm, budget_mb=(w + 2 * MIB) / MIB, draft="early-exit:3", spec=SpecConfig(k=2), guard=True)
     s.memo.guard.window = 10 ** 6  # never trip: look at the probe only
     res = s.turn("Once upon a time", 30)
     assert len(s.memo.guard.plain) == s.memo.guard.probe  # two plain steps timed, then speculation

@@ -100,6 +100,9 @@ class ChatSession:
     package: object | None = None
     backend: str | None = None
     threads: int | None = None
+    # SpeedGuard (in-turn check against timed plain steps): None = on when SpecMemo chooses the
+    # setting (a budget and no fixed ``spec``); True / False force it on / off.
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
         if (self.lm is None) == (self.package is None):
@@ -248,14 +251,15 @@ class ChatSession:
             tau, label = 1.0, "none"
             self.memo.guard.observe_plain(res.timings.decode_s, res.timings.new_tokens - 1)
         else:
+            on = self.guard if self.guard is not None else (self.managed and self.spec is None)
             dec = SpecDecoder(self.engine, self.drafter, spec, observe=self.memo.accept.observe,
-                              guard=self.memo.guard if self.managed else None)
+                              guard=self.memo.guard if on else None)
             res = dec.generate(ids, max_new_tokens, self.sampling, on_token=on_token, history=self.history)
             tau = res.tau
             if self.managed:
                 self.memo.observe_speed(res.timings.new_tokens - 1, res.timings.decode_s, res.steps, res.verify_s)
             label = f"tree {spec.tree[0]}x{spec.tree[1]}" if spec.tree else f"chain k={spec.k}"
-            if self.managed and self.memo.guard.tripped:
+            if dec.guard is not None and self.memo.guard.tripped:
                 label += f", plain after {res.steps} rounds"
         # The cache holds a prefix of the conversation (a stop token's row is dropped); what
         # is past it is fed at the start of the next turn.
