@@ -9,6 +9,10 @@ exactly afterwards (pure permutations and class swaps, no arithmetic on weights)
   then holds keys in the permuted order, which is internal to the program.
 - RMSNorm's mean over the last axis of a 3-D tensor -> a 4-D global average pool, the only mean
   XNNPACK takes.
+- half-split RoPE ``cat(a cos - b sin, a sin + b cos)`` -> ``x cos' + linear(x, W) sin'`` with
+  full-width tables ``cos' = cat(cos, cos)`` and a constant signed permutation ``W``
+  (``linear(x, W) = cat(-b, a)``): the same products and sums (W's entries are 0 and +-1),
+  without the half slices, which are portable ops that split XNNPACK partitions.
 
 Example::
 
@@ -53,11 +57,21 @@ def _permute_heads(lin: torch.nn.Module, n_heads: int, hd: int, perm: torch.Tens
         b.copy_(b[:, perm].clone())
 
 
+def _rotate_half_matrix(hd: int) -> torch.Tensor:
+    """W (hd, hd), a linear's weight, with F.linear(x, W) = x @ W.T = cat(-x[half:], x[:half])."""
+    half = hd // 2
+    w = torch.zeros(hd, hd)
+    w[torch.arange(half), torch.arange(half, hd)] = -1.0
+    w[torch.arange(half, hd), torch.arange(half)] = 1.0
+    return w
+
+
 @contextmanager
 def export_friendly(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Apply the rewrites above to ``model`` in place; undo them on exit."""
     swapped = []
     permuted = []
+    tables = (model.rope_cos, model.rope_sin)
     try:
         with torch.no_grad():
             for m in model.modules():
@@ -72,9 +86,16 @@ def export_friendly(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                     _permute_heads(att.wk, att.n_kv, att.hd, perm)
                     att.interleaved = False
                     permuted.append(att)
+                att.register_buffer("rope_rot", _rotate_half_matrix(att.hd), persistent=False)
+            model.rope_cos = torch.cat([tables[0], tables[0]], -1)  # (S, hd)
+            model.rope_sin = torch.cat([tables[1], tables[1]], -1)
         yield model
     finally:
         with torch.no_grad():
+            model.rope_cos, model.rope_sin = tables
+            for layer in model.layers:
+                if "rope_rot" in layer.attention._buffers:
+                    del layer.attention._buffers["rope_rot"]
             for m in swapped:
                 m.__class__ = RMSNorm
             for att in permuted:

@@ -121,8 +121,13 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, -1, H, hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, -1, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
         v = self.wv(x).view(B, -1, KV, hd).transpose(1, 2)
-        q = apply_rope(q, cos, sin, self.interleaved)
-        k = apply_rope(k, cos, sin, self.interleaved)
+        if cos.shape[-1] == hd:  # full-width tables (export): rotate-half as a matmul, no slices
+            rot = self.rope_rot  # (hd, hd) as a linear's weight: F.linear(x, rot) = cat(-x[half:], x[:half])
+            q = q * cos + F.linear(q, rot) * sin
+            k = k * cos + F.linear(k, rot) * sin
+        else:
+            q = apply_rope(q, cos, sin, self.interleaved)
+            k = apply_rope(k, cos, sin, self.interleaved)
         k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
         if self.cache_sdpa:
             import edgekit.kernels.ops  # noqa: F401  (registers torch.ops.edgekit)
