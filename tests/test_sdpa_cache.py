@@ -84,25 +84,3 @@ def test_model_attention_through_the_op_matches_eager(stories_dir):
         got = lm.model(toks, torch.arange(5))
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
     assert math.isfinite(float(got.abs().max()))
-
-
-def test_swiglu_op_in_a_program_matches_eager(tmp_path):
-    """edgekit::swiglu (the stacked w1/w3 output -> silu(a) * b) through the ExecuTorch runtime
-    against the eager reference."""
-    from executorch.runtime import Runtime
-    from executorch.exir import to_edge
-    from torch.export import export
-
-    from edgekit.kernels.ops import load_et_kernels, swiglu_reference
-
-    class M(torch.nn.Module):
-        def forward(self, x):
-            return torch.ops.edgekit.swiglu(x)
-
-    x = torch.randn(1, 3, 2 * 96, generator=torch.Generator().manual_seed(0)) * 4
-    pte = tmp_path / "glu.pte"
-    pte.write_bytes(to_edge(export(M(), (x,))).to_executorch().buffer)
-    load_et_kernels()
-    out = Runtime.get().load_program(str(pte)).load_method("forward").execute([x])[0]
-    assert out.shape == (1, 3, 96)
-    assert torch.allclose(out, swiglu_reference(x), rtol=1e-5, atol=1e-6)

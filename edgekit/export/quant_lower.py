@@ -146,14 +146,6 @@ class _FusedSlice(nn.Module):
 FUSE = [("wq", "wk", "wv"), ("w1", "w3")]  # call order inside Attention / FeedForward.forward
 
 
-class _GluFeedForward(nn.Module):
-    """FeedForward whose w1/w3 are one stacked call: ``w2(swiglu(w13(x)))`` with the
-    ``edgekit::swiglu`` op (the class of a FeedForward for the duration of an export)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(torch.ops.edgekit.swiglu(self.w1.group(x)))
-
-
 def _fusable(mods: list[nn.Module]) -> bool:
     if not all(isinstance(m, _PackedLinear) for m in mods):
         return False
@@ -167,7 +159,6 @@ def _fused(model: nn.Module) -> Iterator[int]:
     """Swap fusable sibling groups for ``_FusedSlice`` members; yields how many groups."""
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     groups: list[ETPackedLinear] = []
-    classes: list[tuple[nn.Module, type]] = []
     try:
         for parent in list(model.modules()):
             for names in FUSE:
@@ -179,13 +170,8 @@ def _fused(model: nn.Module) -> Iterator[int]:
                 for i, (n, m) in enumerate(zip(names, mods)):
                     setattr(parent, n, _FusedSlice(g, i))
                     swaps.append((parent, n, m))
-                if names == ("w1", "w3") and type(parent).__name__ == "FeedForward":
-                    classes.append((parent, type(parent)))
-                    parent.__class__ = type("GluFeedForward", (_GluFeedForward, type(parent)), {})
         yield len(groups)
     finally:
-        for parent, cls in classes:
-            parent.__class__ = cls
         for parent, n, m in reversed(swaps):
             setattr(parent, n, m)
         for g in groups:
@@ -195,8 +181,8 @@ def _fused(model: nn.Module) -> Iterator[int]:
 @contextmanager
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
-    ``_FusedSlice``, unless ``fuse`` is False; a fused w1/w3 feeds ``edgekit::swiglu``) and,
-    when there are any, attention for ``edgekit::sdpa_cache`` calls; yields ``{ops, n_linears, fused_groups}`` for the manifest
+    ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
+    ``edgekit::sdpa_cache`` calls; yields ``{ops, n_linears, fused_groups}`` for the manifest
     (``ops`` counts calls in the program, empty when the model has no packed linears)."""
     with (_fused(model) if fuse else nullcontext(0)) as n_groups:
         ops: dict[str, int] = {}
@@ -205,9 +191,6 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
                 name = f"edgekit::{et_op_name(m) if isinstance(m, _PackedLinear) else m.op_name}"
                 ops[name] = ops.get(name, 0) + 1
         n_linears = sum(ops.values())
-        glu = sum(isinstance(m, _GluFeedForward) for m in model.modules())
-        if glu:
-            ops["edgekit::swiglu"] = glu
         # A program that needs edgekit's kernels anyway also takes its attention op.
         attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
         if attn:

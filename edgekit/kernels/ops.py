@@ -12,9 +12,6 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
     edgekit::sdpa_cache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor
         attention over the static KV cache; the C++ op reads only the visible slots, so a
         decode step costs O(context) instead of O(max_seq_len) (kernels/cpu/attn.h)
-    edgekit::swiglu(Tensor x) -> Tensor
-        silu(x[..., :H]) * x[..., H:] of a stacked w1/w3 call (one op instead of two slices and
-        an XNNPACK partition)
 
 ``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
@@ -123,27 +120,6 @@ def _sdpa_fake(q, k_cache, v_cache, mask):
     return q.new_empty((q.shape[0], q.shape[2], q.shape[1] * q.shape[3]))
 
 
-def swiglu_reference(x: torch.Tensor) -> torch.Tensor:
-    """silu(x[..., :H]) * x[..., H:] for a stacked w1/w3 output x (..., 2H)."""
-    h = x.shape[-1] // 2
-    return torch.nn.functional.silu(x[..., :h]) * x[..., h:]
-
-
-_lib.define("swiglu(Tensor x) -> Tensor")
-_lib.define("swiglu.out(Tensor x, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _swiglu_out(x, *, out):
-    y = swiglu_reference(x)
-    out.resize_(y.shape)
-    out.copy_(y)
-    return out
-
-
-_lib.impl("swiglu", swiglu_reference, "CompositeExplicitAutograd")
-_lib.impl("swiglu.out", _swiglu_out, "CompositeExplicitAutograd")
-torch.library.register_fake("edgekit::swiglu", lambda x: x.new_empty((*x.shape[:-1], x.shape[-1] // 2)), lib=_lib)
-
 _lib.impl("sdpa_cache", sdpa_cache_reference, "CompositeExplicitAutograd")
 _lib.impl("sdpa_cache.out", _sdpa_out, "CompositeExplicitAutograd")
 torch.library.register_fake("edgekit::sdpa_cache", _sdpa_fake, lib=_lib)
@@ -172,6 +148,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != len(BITS) + 2:  # + sdpa_cache, swiglu
+            if _et_loaded.ek_et_ops_registered() != len(BITS) + 1:  # + sdpa_cache
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

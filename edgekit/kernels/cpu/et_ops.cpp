@@ -8,8 +8,6 @@
 //   edgekit::sdpa_cache.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, *,
 //                           Tensor(a!) out) -> Tensor(a!)         attention over the KV cache
 //                           reading only visible slots (attn.h)
-//   edgekit::swiglu.out(Tensor x, *, Tensor(a!) out) -> Tensor(a!)
-//                           silu(x[..., :H]) * x[..., H:] of a stacked w1/w3 output (H = last/2)
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -17,7 +15,6 @@
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
-#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -141,28 +138,6 @@ Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor&
   return out;
 }
 
-// x float32 [..., 2H] (w1 rows then w3 rows, one stacked call) -> out [..., H].
-Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& x, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float &&
-                           x.dim() >= 1 && x.size(x.dim() - 1) % 2 == 0,
-                      InvalidArgument, out, "edgekit::swiglu: x must be float32 [..., 2H]");
-  const int64_t H2 = x.size(x.dim() - 1), H = H2 / 2, M = x.numel() / std::max<int64_t>(H2, 1);
-  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
-  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
-  sizes[x.dim() - 1] = static_cast<SizesType>(H);
-  ET_KERNEL_CHECK_MSG(ctx,
-                      executorch::runtime::resize_tensor(out, {sizes.data(), static_cast<size_t>(x.dim())}) ==
-                          Error::Ok,
-                      InvalidArgument, out, "edgekit::swiglu: cannot resize out");
-  const float* xp = x.const_data_ptr<float>();
-  float* yp = out.mutable_data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m) {
-    const float* a = xp + m * H2;
-    for (int64_t j = 0; j < H; ++j) yp[m * H + j] = a[j] / (1.0f + std::exp(-a[j])) * a[H + j];
-  }
-  return out;
-}
-
 }  // namespace
 }  // namespace edgekit
 
@@ -175,7 +150,6 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
 EXECUTORCH_LIBRARY(edgekit, "sdpa_cache.out", edgekit::sdpa_cache_out);
-EXECUTORCH_LIBRARY(edgekit, "swiglu.out", edgekit::swiglu_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 10; }
+extern "C" int ek_et_ops_registered(void) { return 9; }
