@@ -159,12 +159,12 @@ def test_guard_switches_a_turn_to_plain_with_the_same_tokens(stories_dir, plain_
     res = s.turn(turns[0], 40)
     assert s.memo.guard.tripped is trips
     if trips:
-        assert res.steps == s.memo.guard.window  # judged after exactly `window` rounds
+        assert res.steps == s.memo.guard.window + 1  # judged after `window` timed rounds (+1 warm-up)
         assert res.spec_tokens < len(res.tokens) - 1  # the rest came from plain steps
-        assert "plain after 4 rounds" in s.turns[0].spec
+        assert f"plain after {s.memo.guard.window + 1} rounds" in s.turns[0].spec
         assert not s.memo.spec_pays
     else:
-        assert res.spec_tokens == len(res.tokens) - 1  # every token after the first from speculation
+        assert res.spec_tokens == len(res.tokens) - 1 - res.accepted[0]  # all but the first and the warm-up round
     got = [res.tokens, s.turn(turns[1], 40).tokens]
     assert got == want
 
@@ -176,7 +176,7 @@ def test_guard_probes_plain_steps_when_none_were_timed(stories_dir):
     s.memo.guard.window = 10 ** 6  # never trip: look at the probe only
     res = s.turn("Once upon a time", 30)
     assert len(s.memo.guard.plain) == s.memo.guard.probe  # two plain steps timed, then speculation
-    assert res.spec_tokens == len(res.tokens) - 1 - s.memo.guard.probe
+    assert res.spec_tokens == len(res.tokens) - 1 - s.memo.guard.probe - res.accepted[0]  # - the warm-up round
 
 
 def test_lookup_draft_under_budget_matches_plain_and_holds_no_draft_memory(stories_dir):

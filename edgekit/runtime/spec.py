@@ -231,8 +231,8 @@ class SpecResult(GenerationResult):
     steps: int = 0  # target verification forwards
     accepted: list[int] = field(default_factory=list)  # tokens emitted per step
     verify_s: float = 0.0  # seconds in the target's verification forwards
-    spec_tokens: int = 0  # output tokens the speculative rounds emitted (the rest: the first, plain steps)
-    spec_s: float = 0.0  # seconds of the speculative rounds
+    spec_tokens: int = 0  # output tokens of the timed speculative rounds (all but the first round)
+    spec_s: float = 0.0  # seconds of the timed speculative rounds
 
     @property
     def tau(self) -> float:
@@ -250,13 +250,14 @@ class SpeedGuard:
 
     Plain steps are timed when they happen anyway (a plain turn, or ``probe`` plain steps that
     open a speculative turn when no plain step has been timed yet: they produce tokens, so the
-    probe costs nothing). After ``window`` speculative rounds, when the turn's speculative rate
-    (tokens / seconds over its rounds) is below the plain rate, the rest of the turn decodes
+    probe costs nothing). After ``window`` timed speculative rounds (a turn's first round warms
+    up and is not timed), when the turn's speculative rate (tokens / seconds over those rounds)
+    is below the plain rate, the rest of the turn decodes
     plainly and ``tripped`` is set (until the next turn starts). The plain rate is the median
     of the last 8 plain steps.
     """
 
-    def __init__(self, window: int = 4, probe: int = 2) -> None:
+    def __init__(self, window: int = 6, probe: int = 2) -> None:
         self.window, self.probe = window, probe
         self.plain: list[float] = []  # seconds per plain step, most recent last
         self.tripped = False
@@ -324,7 +325,7 @@ class SpecDecoder:
         plain = False
         if g is not None:
             g.tripped = False
-        spec_tok, spec_s = 0, 0.0
+        spec_tok, spec_s, timed = 0, 0.0, 0  # over the timed rounds (the first is a warm-up)
         while out and len(out) < max_new_tokens and reason == "length":
             room = eng.backend.max_seq_len - eng.pos - 1
             if room < 2:
@@ -343,7 +344,8 @@ class SpecDecoder:
                 else:
                     new = self._chain_step(context, min(self.cfg.k, room - 1), sampler, greedy)
                 steps += 1
-                spec_s += time.perf_counter() - ts
+                if steps > 1:
+                    spec_s += time.perf_counter() - ts
             n_out = len(out)
             for tok in new:
                 if tok in eng.stop_ids:
@@ -357,8 +359,9 @@ class SpecDecoder:
                     break
             if speculated:
                 accepted.append(len(new))
-                spec_tok += len(out) - n_out  # tokens this round emitted
-                if g is not None and g.slower(steps, spec_tok, spec_s):
+                if steps > 1:  # the first round warms up new shapes (T = k+1, the draft's depth)
+                    spec_tok, timed = spec_tok + len(out) - n_out, timed + 1
+                if g is not None and g.slower(timed, spec_tok, spec_s):
                     g.tripped = plain = True
         t.decode_s = time.perf_counter() - t1
         out = out[:max_new_tokens]
