@@ -248,12 +248,10 @@ class SpecMemo:
     def observe_speed(self, new_tokens: int, decode_s: float, steps: int, verify_s: float) -> None:
         """Online check of the cost model after a speculative turn: its measured rate against
         plain decoding estimated from the same turn (one target forward per verification step
-        is at least a plain step's cost: ``steps / verify_s`` tokens/s), or the in-turn
-        :class:`SpeedGuard` against timed plain steps. When speculation was slower, later turns
-        decode plainly (``spec_pays`` False)."""
-        if self.guard.tripped:  # measured inside the turn against timed plain steps
-            self.spec_pays = False
-            return
+        is at least a plain step's cost: ``steps / verify_s`` tokens/s). When speculation was
+        slower, later turns decode plainly (``spec_pays`` False). A turn the in-turn
+        :class:`SpeedGuard` finished plainly does not decide this: acceptance varies between
+        turns, so the next turn speculates again (and its guard judges it again)."""
         if steps < 4 or decode_s <= 0 or verify_s <= 0:
             return
         if new_tokens / decode_s < steps / verify_s:
