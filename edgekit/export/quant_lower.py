@@ -205,7 +205,6 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
                 m.cache_sdpa = False
 
 
-
 # --- ONNX ---------------------------------------------------------------------------------------
 
 # MatMulNBits compute type: 0 = fp32 (exact to fp32 rounding: packages verify against the eager

@@ -36,10 +36,11 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 
 import torch
+
+from edgekit.models.llama import cached_attention
 
 _SCHEMA = ("(Tensor x, Tensor qweight, Tensor scale, Tensor zero, int group_size, "
            "int in_features")
@@ -88,20 +89,9 @@ for _name, _bits in BITS.items():
     _define(_name, _bits)
 
 
-def sdpa_cache_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
-    """Attention of q (1, H, T, hd) over the whole cache (1, KV, S, hd) with an additive mask
-    (T, S); returns (1, T, H * hd). Grouped heads: query head h reads KV head h // (H // KV).
-    The eager model's math (edgekit.models.llama.Attention), which the C++ op matches while
-    reading only the visible slots."""
-    B, H, T, hd = q.shape
-    KV, S = k_cache.shape[1], k_cache.shape[2]
-    qg = q.reshape(B * KV, -1, hd)  # (KV, rep*T, hd)
-    scores = torch.bmm(qg, k_cache.reshape(B * KV, S, hd).transpose(1, 2)) * (1.0 / math.sqrt(hd))
-    scores = scores.view(B, KV, H // KV, -1, S) + mask
-    probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B * KV, -1, S)
-    out = torch.bmm(probs, v_cache.reshape(B * KV, S, hd))  # (KV, rep*T, hd)
-    return out.view(B, H, -1, hd).transpose(1, 2).reshape(B, -1, H * hd)
+# The eager model's attention is the op's reference; the C++ op matches it while reading only
+# the visible slots.
+sdpa_cache_reference = cached_attention
 
 
 _SDPA = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask"

@@ -97,6 +97,23 @@ class StaticKVCache(nn.Module):
         return self.k_cache, self.v_cache
 
 
+def cached_attention(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q (B, H, T, hd) over a whole static cache (B, KV, S, hd) with an additive
+    mask (T, S); returns (B, T, H * hd). Query head h reads KV head h // (H // KV). Written as
+    two 3-D bmm's (a 4-D matmul exports as expand_copy + bmm, i.e. a copy of the whole cache per
+    layer); the reference of the edgekit::sdpa_cache op (edgekit/kernels/ops.py)."""
+    B, H, _, hd = q.shape
+    KV, S = k_all.shape[1], k_all.shape[2]
+    # Group query heads by their KV head instead of copying the cache H // KV times.
+    qg = q.reshape(B * KV, -1, hd)  # (B*KV, rep*T, hd)
+    scores = torch.bmm(qg, k_all.reshape(B * KV, S, hd).transpose(1, 2)) * (1.0 / math.sqrt(hd))
+    scores = scores.view(B, KV, H // KV, -1, S) + mask  # mask (T, S) additive
+    probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B * KV, -1, S)
+    out = torch.bmm(probs, v_all.reshape(B * KV, S, hd))  # (B*KV, rep*T, hd)
+    return out.view(B, H, -1, hd).transpose(1, 2).reshape(B, -1, H * hd)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, max_batch: int) -> None:
         super().__init__()
@@ -133,16 +150,7 @@ class Attention(nn.Module):
             import edgekit.kernels.ops  # noqa: F401  (registers torch.ops.edgekit)
 
             return self.wo(torch.ops.edgekit.sdpa_cache(q, k_all, v_all, mask))  # (B, T, H*hd) -> dim
-        S = k_all.shape[2]
-        rep = H // KV
-        # Group query heads by their KV head instead of copying the cache `rep` times.
-        qg = q.reshape(B * KV, -1, hd)  # (B*KV, rep*T, hd)
-        scores = torch.bmm(qg, k_all.reshape(B * KV, S, hd).transpose(1, 2)) * (1.0 / math.sqrt(hd))
-        scores = scores.view(B, KV, rep, -1, S) + mask  # mask (T, S) additive
-        probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(B * KV, -1, S)
-        out = torch.bmm(probs, v_all.reshape(B * KV, S, hd))  # (B*KV, rep*T, hd)
-        out = out.view(B, H, -1, hd).transpose(1, 2).reshape(B, -1, H * hd)
-        return self.wo(out)
+        return self.wo(cached_attention(q, k_all, v_all, mask))
 
 
 class FeedForward(nn.Module):
