@@ -256,10 +256,11 @@ class ChatSession:
                               guard=self.memo.guard if on else None)
             res = dec.generate(ids, max_new_tokens, self.sampling, on_token=on_token, history=self.history)
             tau = res.tau
-            if self.managed:
+            tripped = dec.guard is not None and self.memo.guard.tripped
+            if self.managed and not tripped:  # a tripped turn was judged by its guard already
                 self.memo.observe_speed(res.timings.new_tokens - 1, res.timings.decode_s, res.steps, res.verify_s)
             label = f"tree {spec.tree[0]}x{spec.tree[1]}" if spec.tree else f"chain k={spec.k}"
-            if dec.guard is not None and self.memo.guard.tripped:
+            if tripped:
                 label += f", plain after {res.steps} rounds"
         # The cache holds a prefix of the conversation (a stop token's row is dropped); what
         # is past it is fed at the start of the next turn.

@@ -210,10 +210,12 @@ class LookupDrafter:
 
     def propose(self, context: list[int], k: int) -> list[int]:
         """Up to k tokens that followed the latest earlier occurrence of the context's tail."""
+        last = context[-1] if context else None
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
             tail = context[-n:]
             for i in range(len(context) - n - 1, -1, -1):  # latest occurrence first
-                if context[i:i + n] == tail:
+                # compare the last token before slicing: the decode loop runs this every round
+                if context[i + n - 1] == last and context[i:i + n] == tail:
                     return context[i + n:i + n + k]
         return []
 
@@ -252,9 +254,8 @@ class SpeedGuard:
     open a speculative turn when no plain step has been timed yet: they produce tokens, so the
     probe costs nothing). After ``window`` timed speculative rounds (a turn's first round warms
     up and is not timed), when the turn's speculative rate (tokens / seconds over those rounds)
-    is below the plain rate, the rest of the turn decodes
-    plainly and ``tripped`` is set (until the next turn starts). The plain rate is the median
-    of the last 8 plain steps.
+    is below the plain rate, the rest of the turn decodes plainly and ``tripped`` is set (until
+    the next turn starts). The plain rate is the median of the last 8 plain steps.
     """
 
     def __init__(self, window: int = 6, probe: int = 2) -> None:
@@ -325,7 +326,7 @@ class SpecDecoder:
         plain = False
         if g is not None:
             g.tripped = False
-        spec_tok, spec_s, timed = 0, 0.0, 0  # over the timed rounds (the first is a warm-up)
+        spec_tok, spec_s = 0, 0.0  # over the timed rounds: all but the first (a warm-up)
         while out and len(out) < max_new_tokens and reason == "length":
             room = eng.backend.max_seq_len - eng.pos - 1
             if room < 2:
@@ -360,8 +361,8 @@ class SpecDecoder:
             if speculated:
                 accepted.append(len(new))
                 if steps > 1:  # the first round warms up new shapes (T = k+1, the draft's depth)
-                    spec_tok, timed = spec_tok + len(out) - n_out, timed + 1
-                if g is not None and g.slower(timed, spec_tok, spec_s):
+                    spec_tok += len(out) - n_out
+                if g is not None and g.slower(steps - 1, spec_tok, spec_s):
                     g.tripped = plain = True
         t.decode_s = time.perf_counter() - t1
         out = out[:max_new_tokens]
