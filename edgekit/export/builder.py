@@ -37,8 +37,8 @@ FP32_TOL = {"top5_abs": 1e-3, "source_max_abs": 1e-3}
 # linear, so a 1e-7 difference upstream (XNNPACK's summation order) can flip one rounding and move
 # that output by a whole activation step. Logits are then compared at 5% of the golden top-5
 # magnitude; argmax and the greedy tokens stay exact checks for ExecuTorch (same integer math as
-# the eager model), except that greedy decoding may part at a near-tie: a step where the eager
-# top-1 and top-2 logits differ by less than that tolerance (golden "greedy_margins").
+# the eager model), except at a near-tie: a prompt position or greedy step where the eager top-1
+# and top-2 logits differ by less than that tolerance (golden "argmax_margins", "greedy_margins").
 # onnxruntime's MatMulNBits quantizes activations its own way (accuracy_level 4), so its program
 # is "approximate": per-position argmax agreement >= 60%, logits within 20% of the top-5
 # magnitude and the first quarter of the greedy tokens equal (edgekit/export/verify.py).
@@ -131,7 +131,9 @@ def golden(model: torch.nn.Module, tokenizer, prompt: str = GOLDEN_PROMPT,
     full = EagerBackend(model).forward(ids + greedy[:-1], 0)[len(ids) - 1:]
     top2 = torch.topk(full, 2, dim=-1).values
     margins = [round(float(a - b), 6) for a, b in top2.tolist()]
+    pos2 = torch.topk(logits, 2, dim=-1).values
     return {"prompt": prompt, "prompt_ids": ids, "argmax": logits.argmax(-1).tolist(),
+            "argmax_margins": [round(float(a - b), 6) for a, b in pos2.tolist()],
             "top5_ids": top.indices.tolist(), "top5_values": [round(float(v), 6) for v in top.values],
             "logits_l2": float(logits.norm()), "greedy_ids": greedy, "greedy_margins": margins}
 

@@ -81,13 +81,29 @@ def torch_export(model: torch.nn.Module, max_chunk: int) -> torch.export.Exporte
     return ep
 
 
-def lower(ep: torch.export.ExportedProgram, args, max_chunk: int):
-    """``to_edge_transform_and_lower`` with the XNNPACK partitioner (the "lower" stage)."""
+def partitioners(linears_only: bool = False) -> list:
+    """The XNNPACK partitioner; ``linears_only``: it takes float linears and matmuls only.
+
+    A quantized decoder runs its layers as edgekit calls (linears, attention, norms, RoPE,
+    SwiGLU: ``lowered_for_executorch``). What is left between them (residual adds, slices,
+    views) is a few hundred floats per token; as XNNPACK partitions each would be a delegate call
+    with ~5 us of fixed cost, as portable ops it is well under a microsecond.
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if not linears_only:
+        return [XnnpackPartitioner()]
+    keep = {"LinearConfig", "AddmmConfig", "MMConfig", "BMMConfig"}
+    return [XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c.__name__ in keep])]
+
+
+def lower(ep: torch.export.ExportedProgram, args, max_chunk: int, linears_only: bool = False):
+    """``to_edge_transform_and_lower`` with the XNNPACK partitioner (the "lower" stage)."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     return to_edge_transform_and_lower(
-        ep, partitioner=[XnnpackPartitioner()],
+        ep, partitioner=partitioners(linears_only),
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
         constant_methods=constant_methods(args, max_chunk))
 
@@ -162,7 +178,7 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
             with stage("export[executorch]"):
                 ep = torch_export(model, max_chunk)
             with stage("lower[executorch]"):
-                edge = lower(ep, args, max_chunk)
+                edge = lower(ep, args, max_chunk, linears_only=qlow.get("elementwise", False))
                 stats = delegation_stats(edge)
             if log and qlow["ops"]:
                 log(f"  custom ops: {qlow['ops']}")

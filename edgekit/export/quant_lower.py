@@ -182,8 +182,12 @@ def _fused(model: nn.Module) -> Iterator[int]:
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
     ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
-    ``edgekit::sdpa_cache`` calls; yields ``{ops, n_linears, fused_groups}`` for the manifest
-    (``ops`` counts calls in the program, empty when the model has no packed linears)."""
+    ``edgekit::sdpa_cache`` calls and norms / RoPE / SwiGLU for ``edgekit::rms_norm`` / ``rope``
+    / ``swiglu``; yields ``{ops, n_linears, fused_groups, elementwise}`` for the manifest
+    (``ops`` counts calls in the program, empty when the model has no packed linears;
+    ``elementwise``: the last three were swapped in, so XNNPACK should take only float linears,
+    see edgekit.export.executorch.partitioners)."""
+    from edgekit.models.llama import Attention, FeedForward, RMSNorm
     with (_fused(model) if fuse else nullcontext(0)) as n_groups:
         ops: dict[str, int] = {}
         for _, m in model.named_modules():
@@ -195,14 +199,24 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
         attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
         if attn:
             ops["edgekit::sdpa_cache"] = len(attn)
+        # ... and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two linears)
+        ew = [m for m in model.modules() if hasattr(m, "edgekit_ops")] if attn else []
+        for m in ew:
+            for cls, name, calls in ((RMSNorm, "rms_norm", 1), (Attention, "rope", 2), (FeedForward, "swiglu", 1)):
+                if isinstance(m, cls):
+                    ops[f"edgekit::{name}"] = ops.get(f"edgekit::{name}", 0) + calls
         try:
             for m in attn:
                 m.cache_sdpa = True
+            for m in ew:
+                m.edgekit_ops = True
             with _swapped(model, ETPackedLinear):
-                yield {"ops": ops, "n_linears": n_linears, "fused_groups": n_groups}
+                yield {"ops": ops, "n_linears": n_linears, "fused_groups": n_groups, "elementwise": bool(ew)}
         finally:
             for m in attn:
                 m.cache_sdpa = False
+            for m in ew:
+                m.edgekit_ops = False
 
 
 # --- ONNX ---------------------------------------------------------------------------------------

@@ -56,13 +56,12 @@ class _Compact(torch.nn.Module):
 def export_executorch_tree(model: torch.nn.Module, path: str | Path, max_chunk: int,
                            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write a .pte with ``forward``, ``verify_tree``, ``compact`` and the constant methods."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
     from torch.export import Dim, export
 
-    from edgekit.export.executorch import _reset_cache, constant_methods
+    from edgekit.export.executorch import _reset_cache, constant_methods, partitioners
     from edgekit.export.quant_lower import lowered_for_executorch
     from edgekit.export.transforms import export_friendly
 
@@ -85,7 +84,7 @@ def export_executorch_tree(model: torch.nn.Module, path: str | Path, max_chunk: 
             ep_c = export(_Compact(model), (torch.arange(t2), torch.arange(t2)),
                           dynamic_shapes=({0: N}, {0: N}), **kw)
             edge = to_edge_transform_and_lower(
-                {"forward": ep_f, "verify_tree": ep_v, "compact": ep_c}, partitioner=[XnnpackPartitioner()],
+                {"forward": ep_f, "verify_tree": ep_v, "compact": ep_c}, partitioner=partitioners(qlow.get("elementwise", False)),
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
                 constant_methods=constant_methods(args, max_chunk))
             from edgekit.export.executorch import delegation_stats

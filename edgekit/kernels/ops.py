@@ -12,6 +12,13 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
     edgekit::sdpa_cache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor
         attention over the static KV cache; the C++ op reads only the visible slots, so a
         decode step costs O(context) instead of O(max_seq_len) (kernels/cpu/attn.h)
+    edgekit::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor
+    edgekit::rope(Tensor x, Tensor cos, Tensor sin) -> Tensor
+        x (B, T, H, hd) -> (B, H, T, hd): half-split RoPE with full-width tables
+    edgekit::swiglu(Tensor gate, Tensor up) -> Tensor       silu(gate) * up
+        these three keep a quantized program's layers free of XNNPACK delegate calls, whose
+        fixed cost (~5 us each) exceeded the work of a decode step's norms and activations
+        (kernels/cpu/ew.h); references: edgekit.models.llama rms_norm, rope_heads, swiglu
 
 ``x`` float32 (..., K) with K = in_features, ``qweight`` uint8 (N, row_bytes), ``scale`` and
 ``zero`` float16 (N, G); returns float32 (..., N) = x @ W_hat^T. The eager implementation is the
@@ -40,7 +47,7 @@ import threading
 
 import torch
 
-from edgekit.models.llama import cached_attention
+from edgekit.models.llama import cached_attention, rms_norm, rope_heads, swiglu
 
 _SCHEMA = ("(Tensor x, Tensor qweight, Tensor scale, Tensor zero, int group_size, "
            "int in_features")
@@ -115,6 +122,29 @@ _lib.impl("sdpa_cache.out", _sdpa_out, "CompositeExplicitAutograd")
 torch.library.register_fake("edgekit::sdpa_cache", _sdpa_fake, lib=_lib)
 
 
+def _define_simple(name: str, schema: str, reference, fake) -> None:
+    """A functional op and its ``.out`` variant, both computed by ``reference``."""
+    _lib.define(f"{name}({schema}) -> Tensor")
+    _lib.define(f"{name}.out({schema}, *, Tensor(a!) out) -> Tensor(a!)")
+
+    def out_variant(*args, out):
+        y = reference(*args)
+        out.resize_(y.shape)
+        out.copy_(y)
+        return out
+
+    _lib.impl(name, reference, "CompositeExplicitAutograd")
+    _lib.impl(f"{name}.out", out_variant, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
+
+
+_define_simple("rms_norm", "Tensor x, Tensor weight, float eps", rms_norm,
+               lambda x, weight, eps: torch.empty_like(x))
+_define_simple("rope", "Tensor x, Tensor cos, Tensor sin", rope_heads,
+               lambda x, cos, sin: x.new_empty((x.shape[0], x.shape[2], x.shape[1], x.shape[3])))
+_define_simple("swiglu", "Tensor gate, Tensor up", swiglu, lambda gate, up: torch.empty_like(gate))
+ELEMENTWISE_OPS = ("rms_norm", "rope", "swiglu")
+
 _et_loaded: ctypes.CDLL | None = None
 _et_lock = threading.Lock()
 
@@ -138,6 +168,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != len(BITS) + 1:  # + sdpa_cache
+            if _et_loaded.ek_et_ops_registered() != len(BITS) + 1 + len(ELEMENTWISE_OPS):  # + sdpa_cache
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

@@ -24,16 +24,46 @@ from torch import nn
 from edgekit.models.config import ModelArgs
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis; also the reference of ``edgekit::rms_norm``."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf.type_as(x) * weight
+
+
+def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split RoPE with full-width (T, hd) tables on ``x`` (B, T, H, hd), returned heads-first
+    (B, H, T, hd): ``x cos + cat(-x[hd/2:], x[:hd/2]) sin``, the products and sums of the export
+    path's ``x cos + linear(x, W) sin``. The reference of ``edgekit::rope``."""
+    xt = x.transpose(1, 2)
+    half = xt.shape[-1] // 2
+    return xt * cos + torch.cat((-xt[..., half:], xt[..., :half]), -1) * sin
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up; the reference of ``edgekit::swiglu``."""
+    return F.silu(gate) * up
+
+
+def _edgekit_ops():
+    import edgekit.kernels.ops  # noqa: F401  (registers torch.ops.edgekit)
+
+    return torch.ops.edgekit
+
+
 class RMSNorm(nn.Module):
+    # True: one edgekit::rms_norm call (set with Attention.cache_sdpa, see there)
+    edgekit_ops = False
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        if self.edgekit_ops:
+            return _edgekit_ops().rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -127,6 +157,9 @@ class Attention(nn.Module):
         # True: attention is one edgekit::sdpa_cache call (set for ExecuTorch export when the
         # program carries edgekit's kernels; the op reads only visible cache slots)
         self.cache_sdpa = False
+        # True with cache_sdpa (lowered_for_executorch): RoPE is edgekit::rope on the export
+        # path's full-width tables, as are the norms (RMSNorm) and SwiGLU (FeedForward)
+        self.edgekit_ops = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,9 +168,13 @@ class Attention(nn.Module):
         # exports as expand_copy + bmm, i.e. a copy of the whole cache per layer).
         B = x.shape[0]
         H, KV, hd = self.n_heads, self.n_kv, self.hd
-        q = self.wq(x).view(B, -1, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, -1, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
-        v = self.wv(x).view(B, -1, KV, hd).transpose(1, 2)
+        # wq, wk, wv in this order (a fused export group runs on its first member's call)
+        q, k = self.wq(x).view(B, -1, H, hd), self.wk(x).view(B, -1, KV, hd)  # (B, T, heads, hd)
+        v = self.wv(x).view(B, -1, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        if self.edgekit_ops and cos.shape[-1] == hd:  # one call each, the transpose included
+            ops = _edgekit_ops()
+            return self._attend(ops.rope(q, cos, sin), ops.rope(k, cos, sin), v, input_pos, mask)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, KV, T, hd)
         if cos.shape[-1] == hd:  # full-width tables (export): rotate-half as a matmul, no slices
             rot = self.rope_rot  # (hd, hd) as a linear's weight: F.linear(x, rot) = cat(-x[half:], x[:half])
             q = q * cos + F.linear(q, rot) * sin
@@ -145,11 +182,12 @@ class Attention(nn.Module):
         else:
             q = apply_rope(q, cos, sin, self.interleaved)
             k = apply_rope(k, cos, sin, self.interleaved)
+        return self._attend(q, k, v, input_pos, mask)
+
+    def _attend(self, q, k, v, input_pos, mask) -> torch.Tensor:
         k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
         if self.cache_sdpa:
-            import edgekit.kernels.ops  # noqa: F401  (registers torch.ops.edgekit)
-
-            return self.wo(torch.ops.edgekit.sdpa_cache(q, k_all, v_all, mask))  # (B, T, H*hd) -> dim
+            return self.wo(_edgekit_ops().sdpa_cache(q, k_all, v_all, mask))  # (B, T, H*hd) -> dim
         return self.wo(cached_attention(q, k_all, v_all, mask))
 
 
@@ -162,8 +200,12 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
+    edgekit_ops = False  # True: one edgekit::swiglu call (see Attention.edgekit_ops)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.edgekit_ops:
+            return self.w2(_edgekit_ops().swiglu(self.w1(x), self.w3(x)))
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):

@@ -202,3 +202,49 @@ def sdpa_cache(q, k_cache, v_cache, mask) -> np.ndarray:
     if st != 0:
         raise UserError(f"sdpa kernel failed: {L.ek_status_str(st).decode()}", "check the shapes (H % KV == 0)")
     return out
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(_arr(a, np.float32))
+
+
+def _fp(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def _ew_call(name: str, *args) -> None:
+    st = getattr(lib(), name)(*args)
+    if st != 0:
+        raise UserError(f"kernel {name} failed: {lib().ek_status_str(st).decode()}", "check the shapes")
+
+
+def rms_norm(x, weight, eps: float) -> np.ndarray:
+    """edgekit::rms_norm's kernel (ew.h): x (..., D) float32, weight (D,)."""
+    xa, w = _f32(x), _f32(weight)
+    out = np.empty_like(xa)
+    i64 = ctypes.c_int64
+    lib().ek_rms_norm.argtypes = [ctypes.POINTER(ctypes.c_float)] * 2 + [i64, i64, ctypes.c_float,
+                                                                          ctypes.POINTER(ctypes.c_float)]
+    _ew_call("ek_rms_norm", _fp(xa), _fp(w), xa.size // w.size, w.size, eps, _fp(out))
+    return out
+
+
+def rope(x, cos, sin) -> np.ndarray:
+    """edgekit::rope's kernel (ew.h): x (B, T, H, hd) -> (B, H, T, hd); cos/sin (T, hd)."""
+    xa, c, s = _f32(x), _f32(cos), _f32(sin)
+    B, T, H, hd = xa.shape
+    out = np.empty((B, H, T, hd), dtype=np.float32)
+    fp, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64
+    lib().ek_rope_half.argtypes = [fp, fp, fp, i64, i64, i64, i64, fp]
+    _ew_call("ek_rope_half", _fp(xa), _fp(c), _fp(s), B, T, H, hd, _fp(out))
+    return out
+
+
+def swiglu(gate, up) -> np.ndarray:
+    """edgekit::swiglu's kernel (ew.h): silu(gate) * up."""
+    g, u = _f32(gate), _f32(up)
+    out = np.empty_like(g)
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib().ek_swiglu.argtypes = [fp, fp, ctypes.c_int64, fp]
+    _ew_call("ek_swiglu", _fp(g), _fp(u), g.size, _fp(out))
+    return out

@@ -8,6 +8,12 @@
 //   edgekit::sdpa_cache.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, *,
 //                           Tensor(a!) out) -> Tensor(a!)         attention over the KV cache
 //                           reading only visible slots (attn.h)
+//   edgekit::rms_norm.out(Tensor x, Tensor weight, float eps, *, Tensor(a!) out)
+//   edgekit::rope.out(Tensor x, Tensor cos, Tensor sin, *, Tensor(a!) out)   x [B, T, H, hd]
+//                           -> out [B, H, T, hd], half-split RoPE with full-width tables
+//   edgekit::swiglu.out(Tensor gate, Tensor up, *, Tensor(a!) out)         silu(gate) * up
+//                           (these three: ew.h; they keep a quantized program's layers free of
+//                           XNNPACK delegate calls)
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -19,6 +25,7 @@
 #include <cmath>
 
 #include "attn.h"
+#include "ew.h"
 #include "wq_linear.h"
 
 namespace edgekit {
@@ -138,6 +145,63 @@ Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor&
   return out;
 }
 
+bool all_float(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->scalar_type() != ScalarType::Float) return false;
+  return true;
+}
+
+bool same_shape(const Tensor& a, const Tensor& b) {
+  if (a.dim() != b.dim()) return false;
+  for (ssize_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) != b.size(d)) return false;
+  return true;
+}
+
+// x [..., D], weight [D]; out like x.
+Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&x, &weight, &out}), InvalidArgument, out,
+                      "edgekit::rms_norm: x, weight and out must be float32");
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(x.dim() - 1),
+                      InvalidArgument, out, "edgekit::rms_norm: weight must be [D], D = x's last dim");
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, x.sizes()) == Error::Ok, InvalidArgument, out,
+                      "edgekit::rms_norm: cannot resize out");
+  const int64_t D = weight.size(0);
+  const int st = ek_rms_norm(x.const_data_ptr<float>(), weight.const_data_ptr<float>(), x.numel() / D, D,
+                             static_cast<float>(eps), out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, InvalidArgument, out, "edgekit::rms_norm: %s", ek_status_str(st));
+  return out;
+}
+
+// x [B, T, H, hd]; cos, sin [T, hd]; out [B, H, T, hd].
+Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&x, &cos, &sin, &out}), InvalidArgument, out,
+                      "edgekit::rope: all tensors must be float32");
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() == 4 && cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == x.size(1) &&
+                           cos.size(1) == x.size(3) && sin.size(0) == cos.size(0) && sin.size(1) == cos.size(1),
+                      InvalidArgument, out, "edgekit::rope: x must be [B, T, H, hd], cos/sin [T, hd]");
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3);
+  const std::array<SizesType, 4> sizes{static_cast<SizesType>(B), static_cast<SizesType>(H),
+                                       static_cast<SizesType>(T), static_cast<SizesType>(hd)};
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
+                      InvalidArgument, out, "edgekit::rope: cannot resize out");
+  const int st = ek_rope_half(x.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(),
+                              B, T, H, hd, out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, InvalidArgument, out, "edgekit::rope: %s", ek_status_str(st));
+  return out;
+}
+
+Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&gate, &up, &out}) && same_shape(gate, up), InvalidArgument, out,
+                      "edgekit::swiglu: gate and up must be float32 of one shape");
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, gate.sizes()) == Error::Ok, InvalidArgument,
+                      out, "edgekit::swiglu: cannot resize out");
+  const int st = ek_swiglu(gate.const_data_ptr<float>(), up.const_data_ptr<float>(), gate.numel(),
+                           out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, InvalidArgument, out, "edgekit::swiglu: %s", ek_status_str(st));
+  return out;
+}
+
 }  // namespace
 }  // namespace edgekit
 
@@ -150,6 +214,9 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
 EXECUTORCH_LIBRARY(edgekit, "sdpa_cache.out", edgekit::sdpa_cache_out);
+EXECUTORCH_LIBRARY(edgekit, "rms_norm.out", edgekit::rms_norm_out);
+EXECUTORCH_LIBRARY(edgekit, "rope.out", edgekit::rope_out);
+EXECUTORCH_LIBRARY(edgekit, "swiglu.out", edgekit::swiglu_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 9; }
+extern "C" int ek_et_ops_registered(void) { return 12; }
