@@ -467,6 +467,7 @@ void rows_scalar_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16
 }
 
 #ifdef EK_HAVE_X86
+#define EK_PREFETCH 1024  // bytes ahead of the row being read (wq_a8_x86.h)
 namespace a8_avx2 {
 #define EK_TGT __attribute__((target("avx2,fma,f16c")))
 #define EK_VNNI 0
