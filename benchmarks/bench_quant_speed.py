@@ -253,7 +253,11 @@ def main() -> None:
     work = Path(a.work or tempfile.mkdtemp(prefix="edgekit-qspeed-"))
     work.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
-    bw = [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
+    def read_bw() -> float:
+        return [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
+
+    bw = read_bw()
+    bw_samples = [round(bw, 2)]  # start, then end of the run: the roofline is the best of them
     log(f"read bandwidth {bw:.2f} GB/s ({a.threads} threads); load {load0}")
     have_llama = False
     if not a.no_llama_cpp:
@@ -278,7 +282,7 @@ def main() -> None:
             r["gb_s"] = round(r["bytes_per_token"] * r["decode_tok_s"]["median"] / 1e9, 3)
             r["roofline_share"] = round(r["gb_s"] / bw, 3)
         res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
-               "read_bandwidth_gb_s": bw, "load_avg_start": load0, "load_avg_end": os.getloadavg(),
+               "read_bandwidth_gb_s": bw, "read_bandwidth_samples": bw_samples, "load_avg_start": load0, "load_avg_end": os.getloadavg(),
                "prompt_len": a.prompt_len, "gen_len": a.gen_len, "reps": a.reps, "layers_override": a.layers,
                "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
                             for k, v in VARIANTS.items()},
@@ -345,6 +349,11 @@ def main() -> None:
                 shutil.rmtree(d, ignore_errors=True)
     if a.ab_rounds:
         ab_phase(a, rows, work)
+    if not a.export_only:  # this VM's bandwidth drifts: measure again, keep the higher roofline
+        bw_end = read_bw()
+        bw_samples.append(round(bw_end, 2))
+        bw = max(bw, bw_end)
+        log(f"read bandwidth at the end {bw_end:.2f} GB/s; roofline {bw:.2f} GB/s")
     print(markdown(save()))
 
 
@@ -422,7 +431,7 @@ def targets(rows) -> list[dict]:
 
 def markdown(res) -> str:
     lines = [f"# Quantized decode speed ({res['threads']} threads, read bandwidth "
-             f"{res['read_bandwidth_gb_s']:.2f} GB/s, load avg {res['load_avg_start'][0]:.2f} -> "
+             f"{res['read_bandwidth_gb_s']:.2f} GB/s, best of {res.get('read_bandwidth_samples')}, load avg {res['load_avg_start'][0]:.2f} -> "
              f"{res['load_avg_end'][0]:.2f}; shared 2-core box, noisy)", "",
              f"prompt {res['prompt_len']}, decode {res['gen_len']} tokens, median of {res['reps']} reps "
              "after one warm-up. Random weights.", "",
