@@ -9,20 +9,13 @@
 #include <new>
 #include <vector>
 
+#include "dot.h"
 #include "parallel.h"
 #include "wq_linear.h"
 
 namespace {
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float p[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) p[l] += a[i + l] * b[i + l];
-  float s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+using ek::dot;
 
 // One query row: softmax over the visible slots < len, weighted sum of v.
 void row(const float* qr, const float* k, const float* v, const float* m, int64_t len, int64_t hd,

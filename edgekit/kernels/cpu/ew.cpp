@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "dot.h"
 #include "wq_linear.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -15,12 +16,7 @@ int ek_rms_norm(const float* x, const float* w, int64_t R, int64_t D, float eps,
   if (!x || !w || !out || R <= 0 || D <= 0) return EK_BAD_ARG;
   for (int64_t r = 0; r < R; ++r) {
     const float* xr = x + r * D;
-    float p[8] = {};
-    int64_t i = 0;
-    for (; i + 8 <= D; i += 8)
-      for (int l = 0; l < 8; ++l) p[l] += xr[i + l] * xr[i + l];
-    float ss = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-    for (; i < D; ++i) ss += xr[i] * xr[i];
+    const float ss = ek::dot(xr, xr, D);
     const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
     float* o = out + r * D;
     for (int64_t k = 0; k < D; ++k) o[k] = xr[k] * inv * w[k];
