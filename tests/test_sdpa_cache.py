@@ -27,14 +27,16 @@ def _causal(pos: list[int], S: int) -> torch.Tensor:
 @pytest.mark.parametrize("H,KV,T,S,hd,start", [(9, 3, 1, 256, 64, 40), (8, 4, 5, 64, 8, 0), (4, 4, 3, 33, 20, 17),
                                                (14, 2, 7, 512, 64, 300), (2, 1, 1, 8, 4, 7)])
 def test_kernel_matches_the_eager_math(H, KV, T, S, hd, start):
-    from edgekit.kernels.cpu import sdpa_cache
+    """Both row implementations: the portable one and, where the CPU has it, AVX2 + FMA."""
+    from edgekit.kernels.cpu import available_impls, sdpa_cache
 
     q, k, v = _case(H, KV, T, S, hd)
     mask = _causal(list(range(start, start + T)), S)
     want = sdpa_cache_reference(q, k, v, mask)
-    got = torch.from_numpy(sdpa_cache(q, k, v, mask))
-    assert got.shape == (1, T, H * hd)
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    for impl in ["auto", "scalar"] + (["avx2"] if "avx2" in available_impls() else []):
+        got = torch.from_numpy(sdpa_cache(q, k, v, mask, impl=impl))
+        assert got.shape == (1, T, H * hd)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (impl, (got - want).abs().max())
 
 
 def test_kernel_never_reads_hidden_slots():
@@ -50,9 +52,10 @@ def test_kernel_never_reads_hidden_slots():
     for t in (k, v):
         t[:, :, 13:] = float("nan")
         t[:, :, 4] = float("nan")
-    got = torch.from_numpy(sdpa_cache(q, k, v, mask))
-    assert torch.isfinite(got).all()
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    for impl in ["scalar", "auto"]:  # auto: the AVX2 row's 8-wide exp must give slot 4 weight 0
+        got = torch.from_numpy(sdpa_cache(q, k, v, mask, impl=impl))
+        assert torch.isfinite(got).all(), impl
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), impl
 
 
 def test_tree_mask_matches_eager():

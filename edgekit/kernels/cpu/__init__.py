@@ -180,10 +180,11 @@ def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, 
     return float(t)
 
 
-def sdpa_cache(q, k_cache, v_cache, mask) -> np.ndarray:
+def sdpa_cache(q, k_cache, v_cache, mask, impl: str = "auto") -> np.ndarray:
     """Attention over a KV cache with the native kernel (attn.h): q float32 (1, H, T, hd),
     k_cache/v_cache (1, KV, S, hd), mask (T, S) additive (0 visible, -inf hidden). Returns
-    (1, T, H * hd). Only each row's visible slots are read; a row that sees nothing gives zeros."""
+    (1, T, H * hd). Only each row's visible slots are read; a row that sees nothing gives zeros.
+    ``impl``: "auto", "scalar" (the portable rows) or "avx2"."""
     qa, ka, va, ma = (_arr(a, np.float32) for a in (q, k_cache, v_cache, mask))
     _, H, T, hd = qa.shape
     _, KV, S, _ = ka.shape
@@ -194,11 +195,11 @@ def sdpa_cache(q, k_cache, v_cache, mask) -> np.ndarray:
     P = ctypes.POINTER(ctypes.c_float)
     L = lib()
     i64 = ctypes.c_int64
-    L.ek_sdpa_cache.argtypes = [P, i64, i64, i64, P, P, i64, i64, P, ctypes.c_float, P]
-    L.ek_sdpa_cache.restype = ctypes.c_int
-    st = L.ek_sdpa_cache(qa.ctypes.data_as(P), H, T, hd, ka.ctypes.data_as(P), va.ctypes.data_as(P), KV, S,
-                         ma.ctypes.data_as(P), ctypes.c_float(float(np.float32(1.0 / np.sqrt(hd)))),
-                         out.ctypes.data_as(P))
+    L.ek_sdpa_cache_impl.argtypes = [P, i64, i64, i64, P, P, i64, i64, P, ctypes.c_float, P, ctypes.c_int]
+    L.ek_sdpa_cache_impl.restype = ctypes.c_int
+    st = L.ek_sdpa_cache_impl(qa.ctypes.data_as(P), H, T, hd, ka.ctypes.data_as(P), va.ctypes.data_as(P), KV, S,
+                              ma.ctypes.data_as(P), ctypes.c_float(float(np.float32(1.0 / np.sqrt(hd)))),
+                              out.ctypes.data_as(P), IMPLS[impl])
     if st != 0:
         raise UserError(f"sdpa kernel failed: {L.ek_status_str(st).decode()}", "check the shapes (H % KV == 0)")
     return out

@@ -8,7 +8,8 @@
  *
  * Layout (batch 1; contiguous float32): q [H, T, hd]; k, v [KV, S, hd]; mask [T, S] additive;
  * out [T, H * hd] (heads concatenated per row, the layout the output projection reads).
- * scale multiplies q.k (1/sqrt(hd) for standard attention). Parallel over (head, row) on the
+ * scale multiplies q.k (1/sqrt(hd) for standard attention). Rows run as portable code or, where
+ * the CPU has them, AVX2 + FMA with an 8-wide exp. Parallel over (head, row) on the
  * ExecuTorch threadpool when built with EDGEKIT_USE_ET_THREADPOOL. Returns EK_OK, EK_BAD_ARG
  * (a size <= 0, H not a multiple of KV) or EK_NO_MEMORY (the per-thread score buffer). */
 #ifndef EDGEKIT_ATTN_H_
@@ -22,6 +23,11 @@ extern "C" {
 
 int ek_sdpa_cache(const float* q, int64_t H, int64_t T, int64_t hd, const float* k, const float* v,
                   int64_t KV, int64_t S, const float* mask, float scale, float* out);
+
+/* The same with the row implementation named (an ek_impl): EK_IMPL_AUTO, EK_IMPL_SCALAR (the
+ * portable row) or EK_IMPL_AVX2 (AVX2 + FMA; EK_UNSUPPORTED where the CPU lacks them). */
+int ek_sdpa_cache_impl(const float* q, int64_t H, int64_t T, int64_t hd, const float* k, const float* v,
+                       int64_t KV, int64_t S, const float* mask, float scale, float* out, int impl);
 
 #ifdef __cplusplus
 }
