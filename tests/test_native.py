@@ -435,8 +435,10 @@ def test_kernel_neon_under_qemu(tmp_path, march):
     cxx, objdump, qemu = tools.values()
     src = Path(__file__).resolve().parents[1] / "edgekit" / "kernels" / "cpu"
     exe = tmp_path / "selftest"
+    # attn.cpp and ew.cpp (portable code on ARM) are linked in so the aarch64 build of them is checked too
     subprocess.run([cxx, "-std=c++17", "-O2", "-static", f"-march={march}", str(src / "wq_linear.cpp"),
-                    str(src / "wq_selftest.cpp"), "-o", str(exe)], check=True, capture_output=True, timeout=300)
+                    str(src / "attn.cpp"), str(src / "ew.cpp"), str(src / "wq_selftest.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=300)
     # SDOT is compiled in even for base armv8-a; there, only the a8_neondot copy may hold it (the
     # rest must run on any ARMv8 CPU). A v8.2 build may use SDOT anywhere, so is not checked so.
     dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(exe)], capture_output=True, text=True,
