@@ -282,7 +282,8 @@ def main() -> None:
             r["gb_s"] = round(r["bytes_per_token"] * r["decode_tok_s"]["median"] / 1e9, 3)
             r["roofline_share"] = round(r["gb_s"] / bw, 3)
         res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
-               "read_bandwidth_gb_s": bw, "read_bandwidth_samples": bw_samples, "load_avg_start": load0, "load_avg_end": os.getloadavg(),
+               "read_bandwidth_gb_s": bw, "read_bandwidth_samples": bw_samples,
+               "load_avg_start": load0, "load_avg_end": os.getloadavg(),
                "prompt_len": a.prompt_len, "gen_len": a.gen_len, "reps": a.reps, "layers_override": a.layers,
                "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
                             for k, v in VARIANTS.items()},
@@ -436,7 +437,8 @@ def targets(rows, bw: float) -> list[dict]:
 
 def markdown(res) -> str:
     lines = [f"# Quantized decode speed ({res['threads']} threads, read bandwidth "
-             f"{res['read_bandwidth_gb_s']:.2f} GB/s, best of {res.get('read_bandwidth_samples')}, load avg {res['load_avg_start'][0]:.2f} -> "
+             f"{res['read_bandwidth_gb_s']:.2f} GB/s, best of {res.get('read_bandwidth_samples')}, "
+             f"load avg {res['load_avg_start'][0]:.2f} -> "
              f"{res['load_avg_end'][0]:.2f}; shared 2-core box, noisy)", "",
              f"prompt {res['prompt_len']}, decode {res['gen_len']} tokens, median of {res['reps']} reps "
              "after one warm-up. Random weights.", "",

@@ -84,7 +84,8 @@ def export_executorch_tree(model: torch.nn.Module, path: str | Path, max_chunk: 
             ep_c = export(_Compact(model), (torch.arange(t2), torch.arange(t2)),
                           dynamic_shapes=({0: N}, {0: N}), **kw)
             edge = to_edge_transform_and_lower(
-                {"forward": ep_f, "verify_tree": ep_v, "compact": ep_c}, partitioner=partitioners(qlow.get("elementwise", False)),
+                {"forward": ep_f, "verify_tree": ep_v, "compact": ep_c},
+                partitioner=partitioners(qlow.get("elementwise", False)),
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
                 constant_methods=constant_methods(args, max_chunk))
             from edgekit.export.executorch import delegation_stats

@@ -194,13 +194,13 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
+    edgekit_ops = False  # True: one edgekit::swiglu call (see Attention.edgekit_ops)
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
-
-    edgekit_ops = False  # True: one edgekit::swiglu call (see Attention.edgekit_ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.edgekit_ops:
