@@ -81,6 +81,29 @@ def test_draft_program_listed_checked_and_equal_to_early_exit(pkgs, stories_dir,
         load_package(bad)
 
 
+def test_verify_checks_draft_programs_against_their_eager_model(pkgs, tmp_path):
+    """The draft programs (ExecuTorch and ONNX) are checked like the target, against the golden
+    outputs of the early-exit eager model stored with the draft; a wrong golden fails."""
+    from edgekit.export.verify import verify_package
+
+    target = pkgs[0]
+    rep = verify_package(target)
+    rows = [r for r in rep["rows"] if f"early-exit:{EXIT}" in r["target"]]
+    assert {r["target"] for r in rows} == {f"executorch early-exit:{EXIT}", f"onnx early-exit:{EXIT}"}
+    assert {r["check"] for r in rows} >= {"argmax", "top5", "greedy"}
+    assert rep["ok"] and all(r["ok"] for r in rows)
+    bad = tmp_path / "bad_golden"
+    shutil.copytree(target, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    g = m["drafts"][f"early-exit:{EXIT}"]["golden"]
+    g["top5_values"] = [v + 0.5 for v in g["top5_values"]]  # as if the draft program computed other logits
+    (bad / "manifest.json").write_text(json.dumps(m))
+    rep = verify_package(bad)
+    assert not rep["ok"]
+    assert [r["target"] for r in rep["rows"] if not r["ok"]] == [f"executorch early-exit:{EXIT}",
+                                                                   f"onnx early-exit:{EXIT}"]
+
+
 @pytest.mark.parametrize("backend", ["executorch", "onnx"])
 def test_early_exit_program_matches_plain_greedy(pkgs, plain, backend):
     s = ChatSession(package=load_package(pkgs[0]), draft=f"early-exit:{EXIT}", spec=SpecConfig(k=4), backend=backend)

@@ -247,8 +247,14 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
         if draft_exit is not None:
             from edgekit.export.draft import draft_name, export_draft_programs
 
-            drafts[draft_name(draft_exit)] = export_draft_programs(model, tmp, draft_exit, max_chunk, fmts,
-                                                                   log=st.log, stage=st, tree=tree_verify)
+            from edgekit.export.draft import early_exit_model
+
+            entry = export_draft_programs(model, tmp, draft_exit, max_chunk, fmts, log=st.log, stage=st,
+                                          tree=tree_verify)
+            with st("golden[draft]"):  # the draft programs are checked against their own eager model
+                entry["golden"] = golden(early_exit_model(model, draft_exit), lm.tokenizer)
+                entry["golden"]["tolerance"] = dict(gold["tolerance"])
+            drafts[draft_name(draft_exit)] = entry
         with st("write"):
             tok_info = save_tokenizer(lm.tokenizer, tmp)
             manifest = {

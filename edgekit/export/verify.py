@@ -40,6 +40,7 @@ def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.
                   source_tol: float | None = None, quantized_vs_float: bool = False) -> list[dict[str, Any]]:
     """Compare one backend with the golden outputs (and the eager logits when given).
 
+    ``kind``: the program's format, optionally followed by a label (``"onnx early-exit:2"``).
     ``quantized_vs_float``: the package is quantized and the source is the float checkpoint, so
     the source check is a top-1 agreement floor with the SQNR reported, not allclose.
     """
@@ -47,7 +48,7 @@ def check_program(backend, gold: dict[str, Any], kind: str, eager_logits: torch.
 
     ids = gold["prompt_ids"]
     tols = gold.get("tolerance", {})
-    approx = kind in tols.get("approximate", [])  # builder.py: int8 activations in onnxruntime
+    approx = kind.split()[0] in tols.get("approximate", [])  # builder.py: int8 activations in onnxruntime
     tol = tols.get("top5_abs", 1e-3) * (4 if approx else 1)
     logits = program_logits(backend, ids)
     rows = []
@@ -164,4 +165,14 @@ def verify_package(pkg: str | Path, source: str | Path | None = None,
         rows += check_program(be, m["golden"], kind, eager, quantized_vs_float=eager is not None and q_vs_f)
         if getattr(be, "supports_tree", False):  # exported with --tree-verify
             rows += check_tree(be, m["golden"], kind)
+    for name, d in p.drafts.items():  # draft programs against their own eager golden outputs
+        if "golden" not in d:
+            rows.append(_row("draft-golden", name, False, "no golden outputs for this draft (exported by an older edgekit): re-export the package to check it"))
+            continue
+        for kind in d.get("programs", {}):
+            if kinds and kind not in kinds:
+                continue
+            if log:
+                log(f"checking {name} draft {kind} program ...")
+            rows += check_program(p.draft_backend(name, kind, threads=threads), d["golden"], f"{kind} {name}")
     return {"ok": all(r["ok"] for r in rows), "package": str(pkg), "rows": rows}
