@@ -13,7 +13,11 @@ embedding lookup stays fp32), export an ExecuTorch + ONNX package and measure de
 
 Each row also gives bytes read per decoded token (all weights except the embedding table, of
 which one row is read; a tied embedding counts as the head) and the share of the bandwidth
-roofline: ``tok/s * bytes_per_token / measured read bandwidth``. Everything runs on 2 threads.
+roofline: ``tok/s * bytes_per_token / measured read bandwidth``. The bandwidth is read at the start
+and at the end of the run and the higher value is the roofline (this VM's read bandwidth moved
+between 43 and 81 GB/s within minutes). The w2 target is also scored on the median of the A/B
+rounds (``--ab-rounds``), where the same package is timed interleaved with llama.cpp. Everything
+runs on 2 threads.
 
 Writes ``benchmarks/results/quant_speed.json`` and ``quant_speed.md``.
 
