@@ -245,9 +245,7 @@ def export_package(model: "str | Path | Any | None", out: str | Path,
             programs["onnx"] = export_onnx(model, tmp, log=st.log, stage=st, tree=tree_verify)
         drafts: dict[str, Any] = {}
         if draft_exit is not None:
-            from edgekit.export.draft import draft_name, export_draft_programs
-
-            from edgekit.export.draft import early_exit_model
+            from edgekit.export.draft import draft_name, early_exit_model, export_draft_programs
 
             entry = export_draft_programs(model, tmp, draft_exit, max_chunk, fmts, log=st.log, stage=st,
                                           tree=tree_verify)

@@ -167,7 +167,8 @@ def verify_package(pkg: str | Path, source: str | Path | None = None,
             rows += check_tree(be, m["golden"], kind)
     for name, d in p.drafts.items():  # draft programs against their own eager golden outputs
         if "golden" not in d:
-            rows.append(_row("draft-golden", name, False, "no golden outputs for this draft (exported by an older edgekit): re-export the package to check it"))
+            rows.append(_row("draft-golden", name, False, "no golden outputs for this draft (exported by an "
+                             "older edgekit): re-export the package to check it"))
             continue
         for kind in d.get("programs", {}):
             if kinds and kind not in kinds:

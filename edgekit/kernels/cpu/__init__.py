@@ -58,6 +58,13 @@ def lib() -> ctypes.CDLL:
             L.ek_linear_wq_a8_pick.restype = ctypes.c_int
             L.ek_bench_linear_wq_a8.argtypes = L.ek_bench_linear_wq.argtypes
             L.ek_bench_linear_wq_a8.restype = ctypes.c_double
+            f, c_int = ctypes.c_float, ctypes.c_int
+            L.ek_sdpa_cache_impl.argtypes = [f32p, i64, i64, i64, f32p, f32p, i64, i64, f32p, f, f32p, c_int]
+            L.ek_rms_norm.argtypes = [f32p, f32p, i64, i64, f, f32p]
+            L.ek_rope_half.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, f32p]
+            L.ek_swiglu.argtypes = [f32p, f32p, i64, f32p]
+            for fn in (L.ek_sdpa_cache_impl, L.ek_rms_norm, L.ek_rope_half, L.ek_swiglu):
+                fn.restype = c_int
             _lib = L
         return _lib
 
@@ -194,9 +201,6 @@ def sdpa_cache(q, k_cache, v_cache, mask, impl: str = "auto") -> np.ndarray:
     out = np.empty((1, T, H * hd), dtype=np.float32)
     P = ctypes.POINTER(ctypes.c_float)
     L = lib()
-    i64 = ctypes.c_int64
-    L.ek_sdpa_cache_impl.argtypes = [P, i64, i64, i64, P, P, i64, i64, P, ctypes.c_float, P, ctypes.c_int]
-    L.ek_sdpa_cache_impl.restype = ctypes.c_int
     st = L.ek_sdpa_cache_impl(qa.ctypes.data_as(P), H, T, hd, ka.ctypes.data_as(P), va.ctypes.data_as(P), KV, S,
                               ma.ctypes.data_as(P), ctypes.c_float(float(np.float32(1.0 / np.sqrt(hd)))),
                               out.ctypes.data_as(P), IMPLS[impl])
@@ -223,9 +227,6 @@ def rms_norm(x, weight, eps: float) -> np.ndarray:
     """edgekit::rms_norm's kernel (ew.h): x (..., D) float32, weight (D,)."""
     xa, w = _f32(x), _f32(weight)
     out = np.empty_like(xa)
-    i64 = ctypes.c_int64
-    lib().ek_rms_norm.argtypes = [ctypes.POINTER(ctypes.c_float)] * 2 + [i64, i64, ctypes.c_float,
-                                                                          ctypes.POINTER(ctypes.c_float)]
     _ew_call("ek_rms_norm", _fp(xa), _fp(w), xa.size // w.size, w.size, eps, _fp(out))
     return out
 
@@ -235,8 +236,6 @@ def rope(x, cos, sin) -> np.ndarray:
     xa, c, s = _f32(x), _f32(cos), _f32(sin)
     B, T, H, hd = xa.shape
     out = np.empty((B, H, T, hd), dtype=np.float32)
-    fp, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64
-    lib().ek_rope_half.argtypes = [fp, fp, fp, i64, i64, i64, i64, fp]
     _ew_call("ek_rope_half", _fp(xa), _fp(c), _fp(s), B, T, H, hd, _fp(out))
     return out
 
@@ -245,7 +244,5 @@ def swiglu(gate, up) -> np.ndarray:
     """edgekit::swiglu's kernel (ew.h): silu(gate) * up."""
     g, u = _f32(gate), _f32(up)
     out = np.empty_like(g)
-    fp = ctypes.POINTER(ctypes.c_float)
-    lib().ek_swiglu.argtypes = [fp, fp, ctypes.c_int64, fp]
     _ew_call("ek_swiglu", _fp(g), _fp(u), g.size, _fp(out))
     return out

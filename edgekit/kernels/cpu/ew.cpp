@@ -59,7 +59,8 @@ int ek_swiglu(const float* g, const float* u, int64_t n, float* out) {
   if (!g || !u || !out || n <= 0) return EK_BAD_ARG;
   int64_t i = 0;
 #ifdef EK_VEXP_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) i = swiglu_avx2(g, u, n, out);
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) i = swiglu_avx2(g, u, n, out);
 #endif
   for (; i < n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
   return EK_OK;
