@@ -317,6 +317,83 @@ def test_kernel_multithreaded_matches_single(runner):
     np.testing.assert_array_equal(y1, y2)  # rows are independent: bitwise identical
 
 
+def test_kernel_pool_threads_concurrency_and_fork(runner):
+    """edgekit's own worker pool (kernels/cpu/pool.cpp): every thread count gives the 1-thread
+    rows bit for bit (more threads than cores too), back-to-back jobs after its workers fell
+    asleep, two Python threads calling at once (one runs serially), and a forked child, which
+    has none of the parent's workers, still finishes its parallel calls."""
+    import os
+    import threading
+    import time
+
+    import numpy as np
+
+    from edgekit.kernels.cpu import get_num_threads, linear_wq, set_num_threads
+
+    cases = [_packed_case(2, 1000, 576, 64, seed=7), _packed_case(4, 333, 1536, 32, seed=8)]
+    xs = [np.random.default_rng(1).standard_normal((1, K)).astype(np.float32) for K in (576, 1536)]
+    before = get_num_threads()
+    try:
+        set_num_threads(1)
+        ref = [[linear_wq(x, q, s, z, b, g, act_bits=a) for (q, s, z, _), x, b, g in
+                zip(cases, xs, (2, 4), (64, 32))] for a in (None, 8)]
+
+        def run_all():
+            return [[linear_wq(x, q, s, z, b, g, act_bits=a) for (q, s, z, _), x, b, g in
+                     zip(cases, xs, (2, 4), (64, 32))] for a in (None, 8)]
+
+        def same(got):
+            for r_a, g_a in zip(ref, got):
+                for r, g in zip(r_a, g_a):
+                    np.testing.assert_array_equal(r, g)
+
+        for n in (2, 3, 5):
+            set_num_threads(n)
+            for _ in range(50):
+                same(run_all())
+        set_num_threads(2)
+        time.sleep(0.01)  # past the workers' spin budget: they sleep and must be woken
+        same(run_all())
+
+        errors = []
+
+        def caller():
+            try:
+                for _ in range(30):
+                    same(run_all())
+            except Exception as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        ts = [threading.Thread(target=caller) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in ts), "concurrent kernel calls hung"
+        assert not errors, errors
+
+        pid = os.fork()
+        if pid == 0:  # the child: exit code 0 only when its parallel calls finish and match
+            code = 1
+            try:
+                same(run_all())
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            pytest.fail("a forked child hung in a parallel kernel call")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        set_num_threads(before)
+
+
 def test_kernel_rejects_bad_shapes(runner):
     import numpy as np
 

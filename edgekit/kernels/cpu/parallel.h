@@ -1,5 +1,6 @@
-// Row-parallel loop on the ExecuTorch threadpool (shared by the kernels in this directory).
-// Built without EDGEKIT_USE_ET_THREADPOOL (the selftest, a cross build) it runs serially.
+// Row-parallel loop (shared by the kernels in this directory) on edgekit's own spinning pool
+// (pool.h), as many threads as the ExecuTorch threadpool is set to. Built without
+// EDGEKIT_USE_ET_THREADPOOL (the selftest, a cross build) it runs serially.
 #ifndef EDGEKIT_PARALLEL_H_
 #define EDGEKIT_PARALLEL_H_
 
@@ -9,6 +10,8 @@
 
 #ifdef EDGEKIT_USE_ET_THREADPOOL
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+#include "pool.h"
 #endif
 
 namespace ek {
@@ -21,7 +24,9 @@ void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
   const int64_t threads = executorch::extension::get_thread_count();
   if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
     const int64_t grain = std::max<int64_t>(1, N / (threads * 4));
-    executorch::extension::parallel_for(0, N, grain, [&](int64_t a, int64_t b) { f(a, b); });
+    ek::pool_run(N, grain, static_cast<int>(threads),
+                 [](void* ctx, int64_t a, int64_t b) { (*static_cast<const F*>(ctx))(a, b); },
+                 const_cast<F*>(&f));
     return;
   }
 #endif
