@@ -35,7 +35,6 @@ Writes ``benchmarks/results/quant_speed.json`` and ``quant_speed.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -53,11 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_export_smollm2 import random_model, stand_in_tokenizer  # noqa: E402
+from bench_export_smollm2 import random_model  # noqa: E402
 
 from edgekit.models.config import SHAPES  # noqa: E402
-from edgekit.models.llama import Transformer  # noqa: E402
-from edgekit.models.load import LoadedModel, Source  # noqa: E402
+from edgekit.models.load import LoadedModel  # noqa: E402
 
 VARIANTS = {  # name -> (preset, head_bits, head_group, act_bits); None preset = fp32. Target rows first.
     # "a8": int8 activations per group (QuantConfig.act_bits=8, the kernels' integer path; llama.cpp
@@ -318,55 +316,59 @@ def main() -> None:
             have_llama = True
         except ImportError as e:
             log(f"llama-cpp-python not importable ({e}); llama.cpp rows skipped")
-    rows = prepare(a, work, have_llama)
-    if a.export_only:
-        return
+    try:
+        rows = prepare(a, work, have_llama)
+        if a.export_only:
+            return
 
-    def read_bw() -> float:
-        return [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
+        def read_bw() -> float:
+            return [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
 
-    load0 = os.getloadavg()
-    bw_samples: list[float] = []  # one read per round, timed among the rows
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+        load0 = os.getloadavg()
+        bw_samples: list[float] = []  # one read per round, timed among the rows
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
 
-    def save(done: int) -> dict:  # after every round: a partial table survives an interrupted run
-        bw = statistics.median(bw_samples)
-        table = []
+        def save(done: int) -> dict:  # after every round: a partial table survives an interrupted run
+            bw = statistics.median(bw_samples)
+            table = []
+            for r in rows:
+                t = {k: v for k, v in r.items() if not k.startswith("_")}
+                t["decode_tok_s"] = _summary(r["_rates"])
+                t["gb_s"] = round(r["bytes_per_token"] * t["decode_tok_s"]["median"] / 1e9, 3)
+                t["roofline_share"] = round(t["gb_s"] / bw, 3)
+                t["roofline_share_vs_max_bw"] = round(t["gb_s"] / max(bw_samples), 3)
+                table.append(t)
+            res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
+                   "read_bandwidth_gb_s": bw, "read_bandwidth_max_gb_s": max(bw_samples),
+                   "read_bandwidth_samples": bw_samples,
+                   "load_avg_start": load0, "load_avg_end": os.getloadavg(), "prompt_len": a.prompt_len,
+                   "gen_len": a.gen_len, "rounds": done, "layers_override": a.layers,
+                   "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
+                                for k, v in VARIANTS.items()},
+                   "onnx_accuracy_level": a.onnx_accuracy_level, "rows": table, "targets": targets(table, bw)}
+            (out / "quant_speed.json").write_text(json.dumps(res, indent=2) + "\n")
+            (out / "quant_speed.md").write_text(markdown(res))
+            return res
+
         for r in rows:
-            t = {k: v for k, v in r.items() if not k.startswith("_")}
-            t["decode_tok_s"] = _summary(r["_rates"])
-            t["gb_s"] = round(r["bytes_per_token"] * t["decode_tok_s"]["median"] / 1e9, 3)
-            t["roofline_share"] = round(t["gb_s"] / bw, 3)
-            t["roofline_share_vs_max_bw"] = round(t["gb_s"] / max(bw_samples), 3)
-            table.append(t)
-        res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
-               "read_bandwidth_gb_s": bw, "read_bandwidth_max_gb_s": max(bw_samples),
-               "read_bandwidth_samples": bw_samples,
-               "load_avg_start": load0, "load_avg_end": os.getloadavg(), "prompt_len": a.prompt_len,
-               "gen_len": a.gen_len, "rounds": done, "layers_override": a.layers,
-               "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
-                            for k, v in VARIANTS.items()},
-               "onnx_accuracy_level": a.onnx_accuracy_level, "rows": table, "targets": targets(table, bw)}
-        (out / "quant_speed.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / "quant_speed.md").write_text(markdown(res))
-        return res
-
-    for r in rows:
-        r["_rates"], r["utc"] = [], []
-    for k in range(a.rounds):
-        # alternate the order so that no row always runs first or right after the same neighbour;
-        # None: the round's bandwidth read
-        for r in ([None, *rows] if k % 2 == 0 else [*rows[::-1], None]):
-            if r is None:
-                bw_samples.append(round(read_bw(), 2))
-                continue
-            r["_rates"].append(r["_once"]())
-            r["utc"].append(time.strftime("%H:%M:%S", time.gmtime()))
-        log(f"round {k + 1}/{a.rounds}: read bandwidth {bw_samples[-1]:.1f} GB/s; " + ", ".join(
-            f"{r['shape'][:6]} {r['runtime'][:4]} {r['format']} {r['_rates'][-1]:.0f}" for r in rows))
-        save(k + 1)
-    print(markdown(save(a.rounds)))
+            r["_rates"], r["utc"] = [], []
+        for k in range(a.rounds):
+            # alternate the order so that no row always runs first or right after the same neighbour;
+            # None: the round's bandwidth read
+            for r in ([None, *rows] if k % 2 == 0 else [*rows[::-1], None]):
+                if r is None:
+                    bw_samples.append(round(read_bw(), 2))
+                    continue
+                r["_rates"].append(r["_once"]())
+                r["utc"].append(time.strftime("%H:%M:%S", time.gmtime()))
+            log(f"round {k + 1}/{a.rounds}: read bandwidth {bw_samples[-1]:.1f} GB/s; " + ", ".join(
+                f"{r['shape'][:6]} {r['runtime'][:4]} {r['format']} {r['_rates'][-1]:.0f}" for r in rows))
+            save(k + 1)
+        print(markdown(save(a.rounds)))
+    finally:  # packages of every row stay until the last round; a temp --work goes with the run
+        if not a.work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _rate(rows, shape, runtime, fmt):
