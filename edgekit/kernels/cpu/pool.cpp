@@ -82,7 +82,6 @@ struct Pool {
   }
 
   void resize(int nworkers) {  // only called with `busy` held and no job in flight
-    if (static_cast<int>(workers.size()) >= nworkers) return;
     while (static_cast<int>(workers.size()) < nworkers) {
       const int index = static_cast<int>(workers.size());
       const uint64_t start = generation.load();

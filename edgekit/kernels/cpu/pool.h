@@ -1,9 +1,10 @@
 // A small fork-join pool for the row-parallel kernels (parallel.h).
 //
-// Decoding one token of a small model runs ~150 parallel regions of 2-15 us each. Waking the
-// ExecuTorch threadpool costs about 1.5 us per region on the 2-core VM this was measured on, so
-// the workers here stay awake between regions instead: they spin on a generation counter for
-// up to kSpinUs after each job and only then sleep on a condition variable. The caller takes
+// Decoding one token of a small model runs ~150 parallel regions of 2-15 us each, so the cost of
+// starting a region matters. The workers here stay awake between regions: they spin on a
+// generation counter for up to kSpinUs after each job and only then sleep on a condition
+// variable. Measured on the 2-core VM: an empty region costs 0.33 us; the 576x576 w2g64 GEMV on
+// 2 threads went from 3.4 us (ExecuTorch's parallel_for) to 3.0 us. The caller takes
 // part in every job, and rows are handed out in chunks from one atomic counter.
 #ifndef EDGEKIT_POOL_H_
 #define EDGEKIT_POOL_H_
