@@ -8,9 +8,13 @@
 - the reference stays within the activation-rounding error of the float-activation layer;
 - stories260K quantized to w2g64 with act_bits=8: the checkpoint keeps the setting, the
   ExecuTorch program calls ``edgekit::linear_w2a8``; ExecuTorch (Python) and the native runner
-  give the same 48 greedy tokens, and eager gives them too up to a near-tie: int8 rounding turns
-  XNNPACK's 1e-7 summation differences into whole activation steps now and then, so the paths
-  may part only where eager's top-1 and top-2 logits are within the package's tolerance;
+  give the same 48 greedy tokens. Against eager the test is statistical, because int8 rounding
+  turns 1e-7 summation differences into whole activation steps: eager's own one-token-at-a-time
+  logits differ from its 32-token prefill logits by ~1.9% (relative L2; measured). The
+  ExecuTorch logits, prefill and decode, must be within 2x that noise floor of eager's, agree
+  on >= 85% of the teacher-forced top-1 tokens, and where the greedy tokens part, eager's top-1
+  and top-2 logits must be within the package's tolerance (a near tie). A wrong kernel (a
+  dropped zero point, a swapped group) is off by tens of percent;
 - ``edgekit export --act-int8`` without a preset is a one-line user error.
 """
 
@@ -57,7 +61,7 @@ def test_quantize_activations_rounding():
 
 
 A8_CASES = [  # bits, group, N, K
-    (2, 64, 37, 576), (2, 64, 19, 1536), (2, 128, 9, 320), (2, 64, 7, 172),
+    (2, 64, 37, 576), (2, 64, 19, 1536), (2, 64, 9, 64), (2, 128, 9, 320), (2, 64, 7, 172),
     (4, 32, 21, 576), (4, 64, 5, 100), (4, None, 11, 576),
     (8, None, 13, 1536), (8, 16, 6, 96), (8, 64, 3, 200),
     (3, 64, 7, 200),
@@ -126,10 +130,30 @@ def test_stories_w2a8_tokens_eager_executorch_native(stories_w2a8):
         ids, N_GREEDY).tokens
     nat = generate_native(d / "pkg" / "model.pte", ids, N_GREEDY, stop_ids=[], threads=2)
     assert nat["tokens"][:N_GREEDY] == got  # same program, same kernels
+
+    # teacher forcing on eager's own greedy sequence: prefill (one 32-token call) and decode
+    seq = (ids + eager)[:32]
+    lm.model.eval()
+    with torch.no_grad():
+        e_pre = EagerBackend(lm.model, max_chunk=32).forward(seq, 0)
+        eb = EagerBackend(lm.model, max_chunk=32)
+        e_dec = torch.stack([eb.forward([t], i)[-1] for i, t in enumerate(seq)])
+    x_pre = load_package(d / "pkg").backend("executorch", threads=2).forward(seq, 0)
+    xb = load_package(d / "pkg").backend("executorch", threads=2)
+    x_dec = torch.stack([xb.forward([t], i)[-1] for i, t in enumerate(seq)])
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    floor = rel(e_dec, e_pre)  # eager against itself: int8 rounding noise
+    assert 0 < floor < 0.05, floor
+    assert rel(x_pre, e_pre) < 2 * floor, (rel(x_pre, e_pre), floor)
+    assert rel(x_dec, e_dec) < 2 * floor, (rel(x_dec, e_dec), floor)
+    for x in (x_pre, x_dec):
+        assert float((x.argmax(-1) == e_pre.argmax(-1)).float().mean()) >= 0.85
+
     first = next((i for i, (a, b) in enumerate(zip(got, eager)) if a != b), None)
     if first is not None:
-        assert first >= N_GREEDY // 2, (first, got, eager)
-        lm.model.eval()
         with torch.no_grad():
             logits = EagerBackend(lm.model, max_chunk=256).forward(ids + eager[:first], 0)[-1]
         margin = float(logits[eager[first]] - logits[got[first]])
