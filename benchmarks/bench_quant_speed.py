@@ -22,11 +22,11 @@ per-round ratios.
 Each row also gives bytes read per decoded token (all weights except the embedding table, of
 which one row is read; a tied embedding counts as the head) and the share of the bandwidth
 roofline: ``tok/s * bytes_per_token / measured read bandwidth``. The bandwidth (``torch.sum`` over
-256 MiB) is read once per round, among the rows, and the roofline is the median of those reads,
-the same statistic as the rows'. This VM's read bandwidth moved between 43 and 83 GB/s within
-minutes, so the share against the highest read is reported too (``roofline_share_vs_max_bw``),
-and the w2 target also as the median of per-round shares (each round's row against that round's
-read). Everything runs on 2 threads.
+256 MiB) is read once per round, among the rows, and the roofline is the highest of those reads:
+this VM's read bandwidth moves between ~54 and ~82 GB/s within minutes, and with the median read
+as the roofline (session 5's choice) a float row measured 109% of it. The share against the
+median read is reported too (``roofline_share_vs_median_bw``), and the w2 target also as the
+median of per-round shares (each round's row against that round's read). Everything runs on 2 threads.
 
 Writes ``benchmarks/results/quant_speed.json`` and ``quant_speed.md``.
 
@@ -337,8 +337,8 @@ def main() -> None:
                 t = {k: v for k, v in r.items() if not k.startswith("_")}
                 t["decode_tok_s"] = _summary(r["_rates"])
                 t["gb_s"] = round(r["bytes_per_token"] * t["decode_tok_s"]["median"] / 1e9, 3)
-                t["roofline_share"] = round(t["gb_s"] / bw, 3)
-                t["roofline_share_vs_max_bw"] = round(t["gb_s"] / max(bw_samples), 3)
+                t["roofline_share"] = round(t["gb_s"] / max(bw_samples), 3)
+                t["roofline_share_vs_median_bw"] = round(t["gb_s"] / bw, 3)
                 table.append(t)
             res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
                    "read_bandwidth_gb_s": bw, "read_bandwidth_max_gb_s": max(bw_samples),
@@ -347,7 +347,7 @@ def main() -> None:
                    "gen_len": a.gen_len, "rounds": done, "layers_override": a.layers,
                    "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
                                 for k, v in VARIANTS.items()},
-                   "onnx_accuracy_level": a.onnx_accuracy_level, "rows": table, "targets": targets(table, bw, bw_samples)}
+                   "onnx_accuracy_level": a.onnx_accuracy_level, "rows": table, "targets": targets(table, bw_samples)}
             (out / "quant_speed.json").write_text(json.dumps(res, indent=2) + "\n")
             (out / "quant_speed.md").write_text(markdown(res))
             return res
@@ -384,7 +384,7 @@ def _best(rows, shape, runtime, fmts):
     return max(got, key=lambda r: r["decode_tok_s"]["median"]) if got else None
 
 
-def targets(rows, bw: float, bw_samples: list[float]) -> list[dict]:
+def targets(rows, bw_samples: list[float]) -> list[dict]:
     """The three targets per shape, from the table's medians, and each also as the median of
     per-round ratios: both llama.cpp files, or the row and the bandwidth read, were timed seconds
     apart in the same round."""
@@ -403,20 +403,22 @@ def targets(rows, bw: float, bw_samples: list[float]) -> list[dict]:
             out.append({"shape": shape, "target": f"{ours['format']} >= {need:g}x llama.cpp {qt}",
                         "ratio": round(x, 2), "median_round_ratio": round(per_round, 2), "met": x >= need})
         if w2:
+            x = w2["roofline_share"]
+            out.append({"shape": shape, "target": f"{w2['format']} >= 50% of roofline (highest read)",
+                        "ratio": x, "met": x >= 0.5})
+            # against the median read, and against each round's own read (median over rounds)
             per_round = statistics.median(w2["bytes_per_token"] * t / 1e9 / b
                                           for t, b in zip(w2["decode_tok_s"]["runs"], bw_samples))
-            out.append({"shape": shape, "target": f"{w2['format']} >= 50% of roofline", "ratio": w2["roofline_share"],
-                        "median_round_ratio": round(per_round, 3), "met": w2["roofline_share"] >= 0.5})
-            x = w2["roofline_share_vs_max_bw"]
-            out.append({"shape": shape, "target": f"{w2['format']} >= 50% of roofline (highest bandwidth read)",
-                        "ratio": x, "met": x >= 0.5})
+            x = w2["roofline_share_vs_median_bw"]
+            out.append({"shape": shape, "target": f"{w2['format']} >= 50% of the median bandwidth read",
+                        "ratio": x, "median_round_ratio": round(per_round, 3), "met": x >= 0.5})
     return out
 
 
 def markdown(res) -> str:
-    lines = [f"# Quantized decode speed ({res['threads']} threads, read bandwidth "
-             f"{res['read_bandwidth_gb_s']:.2f} GB/s: median of the per-round reads "
-             f"{res.get('read_bandwidth_samples')}, "
+    lines = [f"# Quantized decode speed ({res['threads']} threads, roofline read bandwidth "
+             f"{res['read_bandwidth_max_gb_s']:.2f} GB/s: highest of the per-round reads "
+             f"{res.get('read_bandwidth_samples')}, median {res['read_bandwidth_gb_s']:.2f}; "
              f"load avg {res['load_avg_start'][0]:.2f} -> "
              f"{res['load_avg_end'][0]:.2f}; shared 2-core box, noisy)", "",
              f"prompt {res['prompt_len']}, decode {res['gen_len']} tokens. Median of {res['rounds']} rounds: each "
@@ -424,13 +426,13 @@ def markdown(res) -> str:
              "interleaved, so that a disturbance of a few seconds hits one sample of a row, not all of them. "
              "Random weights.", "",
              "| shape | runtime | format | bits/weight (file) | MB read/token | decode tok/s (min-max) | GB/s | roofline "
-             "| vs max read |", "|---|---|---|---|---|---|---|---|---|"]
+             "| vs median read |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         d = r["decode_tok_s"]
         bpw = r.get("bits_per_weight", "")
         lines.append(f"| {r['shape']} | {r['runtime']} | {r['format']} | {bpw} | {r['bytes_per_token'] / 1e6:.1f} | "
                      f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f}) | {r['gb_s']:.2f} | {100 * r['roofline_share']:.0f}% "
-                     f"| {100 * r['roofline_share_vs_max_bw']:.0f}% |")
+                     f"| {100 * r['roofline_share_vs_median_bw']:.0f}% |")
     lines += ["", "llama.cpp tensor types:", ""]
     for r in res["rows"]:
         if r["runtime"] == "llama.cpp":
