@@ -25,7 +25,8 @@ def _causal(pos: list[int], S: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("H,KV,T,S,hd,start", [(9, 3, 1, 256, 64, 40), (8, 4, 5, 64, 8, 0), (4, 4, 3, 33, 20, 17),
-                                               (14, 2, 7, 512, 64, 300), (2, 1, 1, 8, 4, 7)])
+                                               (14, 2, 7, 512, 64, 300), (2, 1, 1, 8, 4, 7),
+                                               (4, 2, 2, 300, 128, 150), (3, 1, 1, 100, 76, 90)])
 def test_kernel_matches_the_eager_math(H, KV, T, S, hd, start):
     """Both row implementations: the portable one and, where the CPU has it, AVX2 + FMA."""
     from edgekit.kernels.cpu import available_impls, sdpa_cache

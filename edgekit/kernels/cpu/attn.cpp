@@ -58,40 +58,116 @@ __attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const 
   return s;
 }
 
-// row() with FMA dots and axpys and the exps 8 at a time; masked slots get weight exactly 0 and
-// are skipped, so their K/V rows are never read either.
+// Scores of 8 keys at once: eight FMA accumulators (one per key) over hd, then one transposing
+// reduction (hadd tree) gives the 8 dot products in one vector, instead of 8 horizontal sums.
+__attribute__((target("avx2,fma"))) inline __m256 dot8_avx2(const float* q, const float* k, int64_t hd) {
+  __m256 a[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= hd; d += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + d);
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i * hd + d), a[i]);
+  }
+  const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+  __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+  if (d < hd) {  // hd not a multiple of 8: the tail of each key in scalar
+    alignas(32) float t[8];
+    for (int i = 0; i < 8; ++i) {
+      float r = 0.f;
+      for (int64_t e = d; e < hd; ++e) r += q[e] * k[i * hd + e];
+      t[i] = r;
+    }
+    s = _mm256_add_ps(s, _mm256_load_ps(t));
+  }
+  return s;
+}
+
+// row() for AVX2 + FMA: scores 8 keys at a time (dot8_avx2), exps 8 at a time, and the weighted
+// sum of v accumulated in registers 32 columns at a time. Masked slots get weight exactly 0 and
+// their V rows are skipped. The same result as row() up to float summation order.
 __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* k, const float* v, const float* m,
                                                  int64_t len, int64_t hd, float scale, float* sc, float* o) {
   constexpr float ninf = -std::numeric_limits<float>::infinity();
-  float mx = ninf;
-  for (int64_t j = 0; j < len; ++j) {
+  const __m256 vninf = _mm256_set1_ps(ninf), vscale = _mm256_set1_ps(scale);
+  __m256 vmx = vninf;
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 mv = _mm256_loadu_ps(m + j);
+    const __m256 s8 = _mm256_blendv_ps(_mm256_fmadd_ps(dot8_avx2(qr, k + j * hd, hd), vscale, mv), vninf,
+                                       _mm256_cmp_ps(mv, vninf, _CMP_EQ_OQ));
+    _mm256_storeu_ps(sc + j, s8);
+    vmx = _mm256_max_ps(vmx, s8);
+  }
+  __m128 mx4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+  mx4 = _mm_max_ps(mx4, _mm_movehl_ps(mx4, mx4));
+  float mx = std::max(_mm_cvtss_f32(mx4), _mm_cvtss_f32(_mm_shuffle_ps(mx4, mx4, 1)));
+  for (; j < len; ++j) {
     sc[j] = m[j] == ninf ? ninf : dot_avx2(qr, k + j * hd, hd) * scale + m[j];
     mx = std::max(mx, sc[j]);
   }
   std::fill(o, o + hd, 0.f);
   if (mx == ninf) return;
-  int64_t j = 0;
-  const __m256 vmx = _mm256_set1_ps(mx), vninf = _mm256_set1_ps(ninf);
+  // Weights, and the visible slots compacted into idx (sc has room for 2 len floats; the second
+  // half holds the slot numbers), so that the weighted sum of v below has no branch.
+  int32_t* idx = reinterpret_cast<int32_t*>(sc + len);
+  int64_t nvis = 0;
+  float sum = 0.f;
+  j = 0;
+  const __m256 vmax = _mm256_set1_ps(mx);
   for (; j + 8 <= len; j += 8) {
     const __m256 s8 = _mm256_loadu_ps(sc + j);
-    const __m256 e = ek::exp8(_mm256_sub_ps(s8, vmx));
-    _mm256_storeu_ps(sc + j, _mm256_andnot_ps(_mm256_cmp_ps(s8, vninf, _CMP_EQ_OQ), e));
+    const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(s8, vninf, _CMP_EQ_OQ), ek::exp8(_mm256_sub_ps(s8, vmax)));
+    _mm256_storeu_ps(sc + j, e);
   }
   for (; j < len; ++j) sc[j] = sc[j] == ninf ? 0.f : std::exp(sc[j] - mx);
-  float sum = 0.f;
   for (j = 0; j < len; ++j) {
-    const float e = sc[j];
-    sum += e;
-    if (e == 0.f) continue;
-    const float* vj = v + j * hd;
-    const __m256 ev = _mm256_set1_ps(e);
-    int64_t d = 0;
-    for (; d + 8 <= hd; d += 8)
-      _mm256_storeu_ps(o + d, _mm256_fmadd_ps(ev, _mm256_loadu_ps(vj + d), _mm256_loadu_ps(o + d)));
-    for (; d < hd; ++d) o[d] += e * vj[d];
+    sum += sc[j];
+    if (sc[j] != 0.f) {
+      sc[nvis] = sc[j];  // nvis <= j: compacting in place never overwrites an unread weight
+      idx[nvis++] = static_cast<int32_t>(j);
+    }
   }
-  const float inv = 1.f / sum;
-  for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
+  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  int64_t d = 0;
+  // 64 output columns at a time in 8 registers (8 independent FMA chains). Slots go in blocks of
+  // 64 so that a block's V rows stay in L1 across the column passes (hd = 128: two passes);
+  // passes over all slots at once made hd = 128 at 2K context slower than a plain axpy.
+  const int64_t d64 = hd / 64 * 64;
+  if (d64 > 0) {
+    std::fill(o, o + d64, 0.f);
+    for (int64_t n0 = 0; n0 < nvis; n0 += 64) {
+      const int64_t n1 = std::min(nvis, n0 + 64);
+      for (d = 0; d < d64; d += 64) {
+        __m256 a[8];
+        for (int c = 0; c < 8; ++c) a[c] = _mm256_loadu_ps(o + d + 8 * c);
+        for (int64_t n = n0; n < n1; ++n) {
+          const __m256 e = _mm256_set1_ps(sc[n]);
+          const float* vj = v + idx[n] * hd + d;
+          for (int c = 0; c < 8; ++c) a[c] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vj + 8 * c), a[c]);
+        }
+        for (int c = 0; c < 8; ++c) _mm256_storeu_ps(o + d + 8 * c, a[c]);
+      }
+    }
+    for (d = 0; d < d64; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), inv));
+  }
+  d = d64;
+  for (; d + 8 <= hd; d += 8) {  // 8 columns at a time, two slots a step
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int64_t n = 0;
+    for (; n + 2 <= nvis; n += 2) {
+      a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[n]), _mm256_loadu_ps(v + idx[n] * hd + d), a0);
+      a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc[n + 1]), _mm256_loadu_ps(v + idx[n + 1] * hd + d), a1);
+    }
+    if (n < nvis) a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[n]), _mm256_loadu_ps(v + idx[n] * hd + d), a0);
+    _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_add_ps(a0, a1), inv));
+  }
+  for (; d < hd; ++d) {  // remaining columns (hd not a multiple of 8)
+    float a = 0.f;
+    for (int64_t n = 0; n < nvis; ++n) a += sc[n] * v[idx[n] * hd + d];
+    o[d] = a * (1.f / sum);
+  }
 }
 #endif
 
@@ -146,9 +222,10 @@ extern "C" int ek_sdpa_cache_impl(const float* q, int64_t H, int64_t T, int64_t 
   std::atomic<bool> oom{false};
   // work per (head, row): ~2 hd multiply-adds per visible slot
   ek::parallel_rows(H * T, 2 * longest * hd, [&](int64_t a, int64_t b) {
-    thread_local std::vector<float> sc;  // scores of one row; grown once per thread
+    // scores of one row (and, for the AVX2 row, its visible slots' numbers); grown once per thread
+    thread_local std::vector<float> sc;
     try {
-      if (sc.size() < static_cast<size_t>(S)) sc.resize(S);
+      if (sc.size() < static_cast<size_t>(2 * S)) sc.resize(2 * S);
     } catch (const std::bad_alloc&) {
       oom = true;
       return;
