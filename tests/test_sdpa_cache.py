@@ -42,8 +42,9 @@ def test_kernel_matches_the_eager_math(H, KV, T, S, hd, start):
 
 def test_kernel_never_reads_hidden_slots():
     """NaN in every hidden slot (past the visible ones, and one inside the visible range) changes
-    nothing: the kernel stops at each row's last visible slot and skips hidden ones before it
-    (the eager math would turn the NaN into NaN outputs)."""
+    nothing: the kernel stops at each row's last visible slot, and a hidden slot before it gets
+    weight exactly 0 (the AVX2 row may read its K row inside an 8-key block, but replaces the
+    score by -inf, and never reads its V row); the eager math would turn the NaN into NaN."""
     from edgekit.kernels.cpu import sdpa_cache
 
     q, k, v = _case(6, 2, 3, 128, 16)
