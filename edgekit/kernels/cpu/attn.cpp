@@ -21,7 +21,7 @@ using ek::dot;
 
 // One query row: softmax over the visible slots < len, weighted sum of v.
 void row(const float* qr, const float* k, const float* v, const float* m, int64_t len, int64_t hd,
-         float scale, float* sc, float* o) {
+         float scale, float* sc, int32_t* /*idx*/, float* o) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < len; ++j) {
     sc[j] = m[j] == -std::numeric_limits<float>::infinity() ? m[j] : dot(qr, k + j * hd, hd) * scale + m[j];
@@ -88,7 +88,8 @@ __attribute__((target("avx2,fma"))) inline __m256 dot8_avx2(const float* q, cons
 // sum of v accumulated in registers 32 columns at a time. Masked slots get weight exactly 0 and
 // their V rows are skipped. The same result as row() up to float summation order.
 __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* k, const float* v, const float* m,
-                                                 int64_t len, int64_t hd, float scale, float* sc, float* o) {
+                                                 int64_t len, int64_t hd, float scale, float* sc, int32_t* idx,
+                                                 float* o) {
   constexpr float ninf = -std::numeric_limits<float>::infinity();
   const __m256 vninf = _mm256_set1_ps(ninf), vscale = _mm256_set1_ps(scale);
   __m256 vmx = vninf;
@@ -109,9 +110,8 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* 
   }
   std::fill(o, o + hd, 0.f);
   if (mx == ninf) return;
-  // Weights, and the visible slots compacted into idx (sc has room for 2 len floats; the second
-  // half holds the slot numbers), so that the weighted sum of v below has no branch.
-  int32_t* idx = reinterpret_cast<int32_t*>(sc + len);
+  // Weights, and the visible slots' numbers compacted into idx (room for len), so that the
+  // weighted sum of v below has no branch.
   int64_t nvis = 0;
   float sum = 0.f;
   j = 0;
@@ -172,7 +172,7 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* 
 #endif
 
 using RowFn = void (*)(const float*, const float*, const float*, const float*, int64_t, int64_t, float, float*,
-                       float*);
+                       int32_t*, float*);
 
 RowFn pick_row() {
 #ifdef EK_VEXP_X86
@@ -222,10 +222,12 @@ extern "C" int ek_sdpa_cache_impl(const float* q, int64_t H, int64_t T, int64_t 
   std::atomic<bool> oom{false};
   // work per (head, row): ~2 hd multiply-adds per visible slot
   ek::parallel_rows(H * T, 2 * longest * hd, [&](int64_t a, int64_t b) {
-    // scores of one row (and, for the AVX2 row, its visible slots' numbers); grown once per thread
+    // scores of one row, and the AVX2 row's visible slot numbers; grown once per thread
     thread_local std::vector<float> sc;
+    thread_local std::vector<int32_t> idx;
     try {
-      if (sc.size() < static_cast<size_t>(2 * S)) sc.resize(2 * S);
+      if (sc.size() < static_cast<size_t>(S)) sc.resize(S);
+      if (idx.size() < static_cast<size_t>(S)) idx.resize(S);
     } catch (const std::bad_alloc&) {
       oom = true;
       return;
@@ -233,7 +235,7 @@ extern "C" int ek_sdpa_cache_impl(const float* q, int64_t H, int64_t T, int64_t 
     for (int64_t i = a; i < b; ++i) {
       const int64_t h = i / T, t = i % T, kvh = h / rep;
       row_fn(q + (h * T + t) * hd, k + kvh * S * hd, v + kvh * S * hd, mask + t * S, len[t], hd, scale,
-          sc.data(), out + t * H * hd + h * hd);
+          sc.data(), idx.data(), out + t * H * hd + h * hd);
     }
   });
   return oom ? EK_NO_MEMORY : EK_OK;
