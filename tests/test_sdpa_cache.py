@@ -89,3 +89,21 @@ def test_model_attention_through_the_op_matches_eager(stories_dir):
         got = lm.model(toks, torch.arange(5))
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
     assert math.isfinite(float(got.abs().max()))
+
+
+def test_nan_query_row_same_from_both_rows():
+    """A NaN in a query makes every score of that row NaN: the portable row ignores NaN scores
+    in its max (std::max), finds nothing visible and returns zeros; the AVX2 row must do the
+    same (a vector max that let the NaN through once gave NaN outputs). Other heads unchanged."""
+    from edgekit.kernels.cpu import available_impls, sdpa_cache
+
+    if "avx2" not in available_impls():
+        pytest.skip("this CPU has no AVX2 + FMA: only the portable row exists")
+    q, k, v = _case(3, 1, 1, 32, 64)
+    q[0, 1, 0, 5] = float("nan")
+    mask = _causal([18], 32)
+    ref = torch.from_numpy(sdpa_cache(q, k, v, mask, impl="scalar"))
+    got = torch.from_numpy(sdpa_cache(q, k, v, mask, impl="avx2"))
+    assert torch.equal(ref[..., 64:128], torch.zeros(1, 1, 64))
+    assert torch.equal(got[..., 64:128], ref[..., 64:128])
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -85,7 +85,7 @@ __attribute__((target("avx2,fma"))) inline __m256 dot8_avx2(const float* q, cons
 }
 
 // row() for AVX2 + FMA: scores 8 keys at a time (dot8_avx2), exps 8 at a time, and the weighted
-// sum of v accumulated in registers 32 columns at a time. Masked slots get weight exactly 0 and
+// sum of v accumulated in registers 64 columns at a time. Masked slots get weight exactly 0 and
 // their V rows are skipped. The same result as row() up to float summation order.
 __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* k, const float* v, const float* m,
                                                  int64_t len, int64_t hd, float scale, float* sc, int32_t* idx,
@@ -99,7 +99,7 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* 
     const __m256 s8 = _mm256_blendv_ps(_mm256_fmadd_ps(dot8_avx2(qr, k + j * hd, hd), vscale, mv), vninf,
                                        _mm256_cmp_ps(mv, vninf, _CMP_EQ_OQ));
     _mm256_storeu_ps(sc + j, s8);
-    vmx = _mm256_max_ps(vmx, s8);
+    vmx = _mm256_max_ps(s8, vmx);  // a NaN score is ignored, as std::max(mx, s) in row() does
   }
   __m128 mx4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
   mx4 = _mm_max_ps(mx4, _mm_movehl_ps(mx4, mx4));
@@ -136,7 +136,6 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* qr, const float* 
   // passes over all slots at once made hd = 128 at 2K context slower than a plain axpy.
   const int64_t d64 = hd / 64 * 64;
   if (d64 > 0) {
-    std::fill(o, o + d64, 0.f);
     for (int64_t n0 = 0; n0 < nvis; n0 += 64) {
       const int64_t n1 = std::min(nvis, n0 + 64);
       for (d = 0; d < d64; d += 64) {
