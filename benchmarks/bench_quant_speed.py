@@ -26,7 +26,13 @@ roofline: ``tok/s * bytes_per_token / measured read bandwidth``. The bandwidth (
 this VM's read bandwidth moves between ~54 and ~82 GB/s within minutes, and with the median read
 as the roofline (session 5's choice) a float row measured 109% of it. The share against the
 median read is reported too (``roofline_share_vs_median_bw``), and the w2 target also as the
-median of per-round shares (each round's row against that round's read). Everything runs on 2 threads.
+median of per-round shares (each round's row against that round's read).
+
+Each round also records the core-to-core round trip of a cache line between the two threads
+(``edgekit.kernels.cpu.core_roundtrip_ns``). On the 2-vCPU KVM the fast-bandwidth state comes
+with ~360 ns round trips, the slow one with ~75 ns (likely vCPUs on two CCDs vs one). The float
+rows speed up in the first state; the 2-bit rows, bound by their own execution and by 120
+fork-join regions per token, slow down in it. Everything runs on 2 threads.
 
 Writes ``benchmarks/results/quant_speed.json`` and ``quant_speed.md``.
 
@@ -325,8 +331,11 @@ def main() -> None:
         def read_bw() -> float:
             return [x for x in measure_bandwidth([a.threads], 256, 3) if x.kind == "read"][0].gbps
 
+        from edgekit.kernels.cpu import core_roundtrip_ns
+
         load0 = os.getloadavg()
         bw_samples: list[float] = []  # one read per round, timed among the rows
+        rt_samples: list[float] = []  # and one core-to-core round trip (ns) right after it
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -342,7 +351,7 @@ def main() -> None:
                 table.append(t)
             res = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": a.threads,
                    "read_bandwidth_gb_s": bw, "read_bandwidth_max_gb_s": max(bw_samples),
-                   "read_bandwidth_samples": bw_samples,
+                   "read_bandwidth_samples": bw_samples, "core_roundtrip_ns_samples": rt_samples,
                    "load_avg_start": load0, "load_avg_end": os.getloadavg(), "prompt_len": a.prompt_len,
                    "gen_len": a.gen_len, "rounds": done, "layers_override": a.layers,
                    "variants": {k: {"preset": v[0], "head_bits": v[1], "head_group": v[2], "act_bits": v[3]}
@@ -360,10 +369,12 @@ def main() -> None:
             for r in ([None, *rows] if k % 2 == 0 else [*rows[::-1], None]):
                 if r is None:
                     bw_samples.append(round(read_bw(), 2))
+                    rt_samples.append(round(core_roundtrip_ns(), 1))
                     continue
                 r["_rates"].append(r["_once"]())
                 r["utc"].append(time.strftime("%H:%M:%S", time.gmtime()))
-            log(f"round {k + 1}/{a.rounds}: read bandwidth {bw_samples[-1]:.1f} GB/s; " + ", ".join(
+            log(f"round {k + 1}/{a.rounds}: read bandwidth {bw_samples[-1]:.1f} GB/s, core round trip "
+                f"{rt_samples[-1]:.0f} ns; " + ", ".join(
                 f"{r['shape'][:6]} {r['runtime'][:4]} {r['format']} {r['_rates'][-1]:.0f}" for r in rows))
             save(k + 1)
         print(markdown(save(a.rounds)))
@@ -419,6 +430,7 @@ def markdown(res) -> str:
     lines = [f"# Quantized decode speed ({res['threads']} threads, roofline read bandwidth "
              f"{res['read_bandwidth_max_gb_s']:.2f} GB/s: highest of the per-round reads "
              f"{res.get('read_bandwidth_samples')}, median {res['read_bandwidth_gb_s']:.2f}; "
+             f"core-to-core round trip per round {res.get('core_roundtrip_ns_samples')} ns; "
              f"load avg {res['load_avg_start'][0]:.2f} -> "
              f"{res['load_avg_end'][0]:.2f}; shared 2-core box, noisy)", "",
              f"prompt {res['prompt_len']}, decode {res['gen_len']} tokens. Median of {res['rounds']} rounds: each "

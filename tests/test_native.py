@@ -317,6 +317,19 @@ def test_kernel_multithreaded_matches_single(runner):
     np.testing.assert_array_equal(y1, y2)  # rows are independent: bitwise identical
 
 
+def test_core_roundtrip_probe(runner):
+    """The two-thread cache-line ping-pong the speed benchmark records per round: it finishes
+    and gives a positive time (bounded loosely: a loaded CI box deschedules the threads); a
+    count below 1 is a user error."""
+    from edgekit.errors import UserError
+    from edgekit.kernels.cpu import core_roundtrip_ns
+
+    ns = core_roundtrip_ns(20_000)
+    assert 1.0 < ns < 1e6, ns
+    with pytest.raises(UserError):
+        core_roundtrip_ns(0)
+
+
 def test_kernel_pool_threads_concurrency_and_fork(runner):
     """edgekit's own worker pool (kernels/cpu/pool.cpp): every thread count gives the 1-thread
     rows bit for bit (more threads than cores too), back-to-back jobs after its workers fell

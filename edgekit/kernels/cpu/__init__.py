@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from edgekit.errors import UserError
+from edgekit.errors import InternalError, UserError
 
 # avxvnni, neondot (NEON + SDOT): int8-activation path only
 IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3, "avxvnni": 4, "neondot": 5}
@@ -65,6 +65,8 @@ def lib() -> ctypes.CDLL:
             L.ek_swiglu.argtypes = [f32p, f32p, i64, f32p]
             for fn in (L.ek_sdpa_cache_impl, L.ek_rms_norm, L.ek_rope_half, L.ek_swiglu):
                 fn.restype = c_int
+            L.ek_core_roundtrip_ns.argtypes = [i64]
+            L.ek_core_roundtrip_ns.restype = ctypes.c_double
             _lib = L
         return _lib
 
@@ -90,6 +92,21 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return int(lib().ek_get_num_threads())
+
+
+def core_roundtrip_ns(iters: int = 100_000) -> float:
+    """Mean round trip of one cache line between two threads, in ns (``probe.h``): how far apart
+    two cores' caches are, i.e. what each fork-join region of the kernels pays to start and end.
+
+    Raises:
+        UserError: ``iters`` < 1. InternalError: the second thread could not start.
+    """
+    if iters < 1:
+        raise UserError(f"iters {iters} < 1", "pass a positive round-trip count")
+    ns = float(lib().ek_core_roundtrip_ns(int(iters)))
+    if ns <= 0:
+        raise InternalError("core_roundtrip_ns: the probe thread did not start")
+    return ns
 
 
 def _arr(a, dtype) -> np.ndarray:
