@@ -118,8 +118,10 @@ def test_stories_w2a8_tokens_eager_executorch_native(stories_w2a8):
     assert res["config"]["act_bits"] == 8 and man["quantization"]["act_bits"] == 8
     prog = man["programs"]["executorch"]
     assert prog["custom_ops"] == ["edgekit::linear_w2a8", "edgekit::rms_norm", "edgekit::rope",
-                                  "edgekit::sdpa_cache", "edgekit::swiglu"]
+                                  "edgekit::sdpa_kv", "edgekit::swiglu"]
     assert prog["delegate_calls"] <= 1  # only the float (tied) head is XNNPACK's
+    # the cache writes and v's transpose live inside edgekit::sdpa_kv
+    assert not {"index_put", "permute_copy"} & set(prog["portable_ops"]), prog["portable_ops"]
     lm = load_model(d / "ckpt", max_seq_len=128)
     packed = [m for m in lm.model.modules() if isinstance(m, _PackedLinear)]
     assert packed and all(m.act_bits == 8 for m in packed)

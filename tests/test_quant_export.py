@@ -159,7 +159,7 @@ def test_stories_w2g64_package_greedy_matches_eager(stories_w2):
     assert man["quantization"] == res["config"] and man["quantization"]["preset"] == "w2g64"
     # attention goes to edgekit's cache-reading op once the program needs edgekit's kernels
     assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2", "edgekit::rms_norm", "edgekit::rope",
-                                                           "edgekit::sdpa_cache", "edgekit::swiglu"]
+                                                           "edgekit::sdpa_kv", "edgekit::swiglu"]
     # wq/wk/wv and w1/w3 run as one stacked call each: 4 calls per layer instead of 7, + attention
     assert man["programs"]["executorch"]["fused_linear_groups"] == 2 * 5
     # + per layer 2 norms, RoPE on q and k, SwiGLU; + the final norm
@@ -248,7 +248,7 @@ def test_smollm2_shaped_w2g64_logits_close(tmp_path):
     assert man["quantization"]["bits"] == 2 and man["quantization"]["head_bits"] == 4
     assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2", "edgekit::linear_w4",
                                                            "edgekit::rms_norm", "edgekit::rope",
-                                                           "edgekit::sdpa_cache", "edgekit::swiglu"]
+                                                           "edgekit::sdpa_kv", "edgekit::swiglu"]
     ids = torch.randint(3, V, (20,), generator=torch.Generator().manual_seed(1)).tolist()
     ref = program_logits(EagerBackend(lm.model, max_chunk=16), ids)
     pkg = load_package(tmp_path / "pkg")

@@ -182,7 +182,7 @@ def _fused(model: nn.Module) -> Iterator[int]:
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
     ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
-    ``edgekit::sdpa_cache`` calls and norms / RoPE / SwiGLU for ``edgekit::rms_norm`` / ``rope``
+    ``edgekit::sdpa_kv`` calls (cache writes + attention) and norms / RoPE / SwiGLU for ``edgekit::rms_norm`` / ``rope``
     / ``swiglu``; yields ``{ops, n_linears, fused_groups, elementwise}`` for the manifest
     (``ops`` counts calls in the program, empty when the model has no packed linears;
     ``elementwise``: the last three were swapped in, so XNNPACK should take only float linears,
@@ -195,10 +195,11 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
                 name = f"edgekit::{et_op_name(m) if isinstance(m, _PackedLinear) else m.op_name}"
                 ops[name] = ops.get(name, 0) + 1
         n_linears = sum(ops.values())
-        # A program that needs edgekit's kernels anyway also takes its attention op.
+        # A program that needs edgekit's kernels anyway also takes its attention op, which
+        # writes the KV cache too (edgekit::sdpa_kv: Attention.forward with edgekit_ops).
         attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
         if attn:
-            ops["edgekit::sdpa_cache"] = len(attn)
+            ops["edgekit::sdpa_kv"] = len(attn)
         # ... and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two linears)
         ew = [m for m in model.modules() if hasattr(m, "edgekit_ops")] if attn else []
         for m in ew:

@@ -158,7 +158,8 @@ class Attention(nn.Module):
         # program carries edgekit's kernels; the op reads only visible cache slots)
         self.cache_sdpa = False
         # True with cache_sdpa (lowered_for_executorch): RoPE is edgekit::rope on the export
-        # path's full-width tables, as are the norms (RMSNorm) and SwiGLU (FeedForward)
+        # path's full-width tables, as are the norms (RMSNorm) and SwiGLU (FeedForward), and the
+        # cache writes join the attention call (edgekit::sdpa_kv)
         self.edgekit_ops = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -170,11 +171,15 @@ class Attention(nn.Module):
         H, KV, hd = self.n_heads, self.n_kv, self.hd
         # wq, wk, wv in this order (a fused export group runs on its first member's call)
         q, k = self.wq(x).view(B, -1, H, hd), self.wk(x).view(B, -1, KV, hd)  # (B, T, heads, hd)
-        v = self.wv(x).view(B, -1, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.wv(x).view(B, -1, KV, hd)  # (B, T, KV, hd)
         if self.edgekit_ops and cos.shape[-1] == hd:  # one call each, the transpose included
             ops = _edgekit_ops()
-            return self._attend(ops.rope(q, cos, sin), ops.rope(k, cos, sin), v, input_pos, mask)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, KV, T, hd)
+            q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)  # (B, H, T, hd), (B, KV, T, hd)
+            if self.cache_sdpa:  # cache writes and attention in one call, v as the projection left it
+                c = self.kv_cache
+                return self.wo(ops.sdpa_kv(q, k, v, c.k_cache, c.v_cache, input_pos, mask))
+            return self._attend(q, k, v.transpose(1, 2), input_pos, mask)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cos.shape[-1] == hd:  # full-width tables (export): rotate-half as a matmul, no slices
             rot = self.rope_rot  # (hd, hd) as a linear's weight: F.linear(x, rot) = cat(-x[half:], x[:half])
             q = q * cos + F.linear(q, rot) * sin

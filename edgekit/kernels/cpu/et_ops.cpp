@@ -23,6 +23,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 
 #include "attn.h"
 #include "ew.h"
@@ -145,6 +146,45 @@ Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor&
   return out;
 }
 
+// edgekit::sdpa_kv: the KV-cache writes and sdpa_cache in one call (three fewer ops per layer:
+// two index_put and the transpose of v). q [1, H, T, hd], k [1, KV, T, hd] (RoPE'd, head-major),
+// v [1, T, KV, hd] (as the projection left it); k_cache, v_cache [1, KV, S, hd], written in
+// place at slots input_pos [T] (int64, each in [0, S)); mask [T, S]; out [1, T, H * hd].
+Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                    Tensor& k_cache, Tensor& v_cache, const Tensor& input_pos, const Tensor& mask,
+                    Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, k.scalar_type() == ScalarType::Float && v.scalar_type() == ScalarType::Float &&
+                           k_cache.scalar_type() == ScalarType::Float && v_cache.scalar_type() == ScalarType::Float,
+                      InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches must be float32");
+  ET_KERNEL_CHECK_MSG(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.dim() == 1,
+                      InvalidArgument, out, "edgekit::sdpa_kv: input_pos must be int64 [T]");
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4,
+                      InvalidArgument, out, "edgekit::sdpa_kv: q, k, v and the caches must be 4-D");
+  const int64_t T = q.size(2), hd = q.size(3), KV = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, k.size(0) == 1 && k.size(1) == KV && k.size(2) == T && k.size(3) == hd &&
+                           v.size(0) == 1 && v.size(1) == T && v.size(2) == KV && v.size(3) == hd &&
+                           input_pos.size(0) == T && k_cache.size(3) == hd && v_cache.size(1) == KV &&
+                           v_cache.size(2) == S && v_cache.size(3) == hd,
+                      InvalidArgument, out, "edgekit::sdpa_kv: k, v, input_pos and the caches do not agree");
+  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    ET_KERNEL_CHECK_MSG(ctx, pos[t] >= 0 && pos[t] < S, InvalidArgument, out,
+                        "edgekit::sdpa_kv: position %lld outside the cache of %lld slots",
+                        static_cast<long long>(pos[t]), static_cast<long long>(S));
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  const size_t row = static_cast<size_t>(hd) * sizeof(float);
+  for (int64_t h = 0; h < KV; ++h) {
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(kc + (h * S + pos[t]) * hd, kp + (h * T + t) * hd, row);
+      std::memcpy(vc + (h * S + pos[t]) * hd, vp + (t * KV + h) * hd, row);
+    }
+  }
+  return sdpa_cache_out(ctx, q, k_cache, v_cache, mask, out);
+}
+
 bool all_float(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->scalar_type() != ScalarType::Float) return false;
@@ -214,9 +254,10 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
 EXECUTORCH_LIBRARY(edgekit, "sdpa_cache.out", edgekit::sdpa_cache_out);
+EXECUTORCH_LIBRARY(edgekit, "sdpa_kv.out", edgekit::sdpa_kv_out);
 EXECUTORCH_LIBRARY(edgekit, "rms_norm.out", edgekit::rms_norm_out);
 EXECUTORCH_LIBRARY(edgekit, "rope.out", edgekit::rope_out);
 EXECUTORCH_LIBRARY(edgekit, "swiglu.out", edgekit::swiglu_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 12; }
+extern "C" int ek_et_ops_registered(void) { return 13; }
