@@ -234,3 +234,27 @@ def test_tree_verification_in_the_exported_program(tree_pkg, pkgs):
     with pytest.raises(UserError) as e:  # a program without the methods says how to get them
         ChatSession(package=load_package(pkgs[0]), draft=f"early-exit:{EXIT}", spec=SpecConfig(tree=(4, 16)))
     assert "--tree-verify" in e.value.hint
+
+
+def test_tree_verification_quantized_program_with_sdpa_kv(stories_dir, tmp_path):
+    """A w2g64 program with tree methods: its attention writes the shared KV cache inside
+    edgekit::sdpa_kv (forward and verify_tree alike), and tree speculation, chain speculation in
+    the native runner and plain decoding still give the same tokens."""
+    from edgekit.export.builder import export_package
+    from edgekit.plan.apply import export_settings
+    from edgekit.runtime.native import generate_native
+
+    quant = export_settings(None, max_seq_len=128, quant="w2g64").quant
+    man = export_package(stories_dir, tmp_path / "pkg", formats="executorch", max_seq_len=128, draft_exit=EXIT,
+                         tree_verify=True, quant=quant)
+    prog = man["programs"]["executorch"]
+    assert "edgekit::sdpa_kv" in prog["custom_ops"] and prog["tree_methods"]["shared_kv"] is True
+    pkg = load_package(tmp_path / "pkg")
+    ids = pkg.tokenizer.encode(PROMPT)
+    want = pkg.engine("executorch").generate(ids, N).tokens
+    r = ChatSession(package=pkg, draft=f"early-exit:{EXIT}", spec=SpecConfig(tree=(4, 16)),
+                    backend="executorch").turn(PROMPT, N)
+    assert r.tokens == want and r.tau > 1.0
+    nat = generate_native(pkg.program_path("executorch"), ids, N, pkg.tokenizer.eos_ids,
+                          draft_pte=pkg.draft_path(f"early-exit:{EXIT}"), draft_k=4)
+    assert nat["tokens"] == want
