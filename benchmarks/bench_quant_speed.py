@@ -198,7 +198,7 @@ def bench_llama_cpp(path: Path, prompt: list[int], gen_len: int, reps: int, thre
         if rep:
             rates.append(gen_len / dt)
     del llm
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates}
+    return _summary(rates)
 
 
 # --- ours -----------------------------------------------------------------------------------------

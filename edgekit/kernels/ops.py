@@ -100,65 +100,11 @@ for _name, _bits in BITS.items():
     _define(_name, _bits)
 
 
-# The eager model's attention is the op's reference; the C++ op matches it while reading only
-# the visible slots.
-sdpa_cache_reference = cached_attention
-
-
-_SDPA = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask"
-_lib.define(f"sdpa_cache{_SDPA}) -> Tensor")
-_lib.define(f"sdpa_cache.out{_SDPA}, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _sdpa_out(q, k_cache, v_cache, mask, *, out):
-    y = sdpa_cache_reference(q, k_cache, v_cache, mask)
-    out.resize_(y.shape)
-    out.copy_(y)
-    return out
-
-
-def _sdpa_fake(q, k_cache, v_cache, mask):
-    return q.new_empty((q.shape[0], q.shape[2], q.shape[1] * q.shape[3]))
-
-
-_lib.impl("sdpa_cache", sdpa_cache_reference, "CompositeExplicitAutograd")
-_lib.impl("sdpa_cache.out", _sdpa_out, "CompositeExplicitAutograd")
-torch.library.register_fake("edgekit::sdpa_cache", _sdpa_fake, lib=_lib)
-
-
-# The KV-cache writes and the attention in one op: k (B, KV, T, hd) as RoPE leaves it, v
-# (B, T, KV, hd) as the projection leaves it; both caches are written in place at input_pos.
-_KV = ("(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos, "
-       "Tensor mask")
-_lib.define(f"sdpa_kv{_KV}) -> Tensor")
-_lib.define(f"sdpa_kv.out{_KV}, *, Tensor(c!) out) -> Tensor(c!)")
-
-
-def sdpa_kv_reference(q, k, v, k_cache, v_cache, input_pos, mask):
-    """``StaticKVCache.update`` then ``cached_attention``: the reference of ``edgekit::sdpa_kv``."""
-    k_cache.index_copy_(2, input_pos, k)
-    v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
-    return sdpa_cache_reference(q, k_cache, v_cache, mask)
-
-
-def _sdpa_kv_out(q, k, v, k_cache, v_cache, input_pos, mask, *, out):
-    y = sdpa_kv_reference(q, k, v, k_cache, v_cache, input_pos, mask)
-    out.resize_(y.shape)
-    out.copy_(y)
-    return out
-
-
-_lib.impl("sdpa_kv", sdpa_kv_reference, "CompositeExplicitAutograd")
-_lib.impl("sdpa_kv.out", _sdpa_kv_out, "CompositeExplicitAutograd")
-torch.library.register_fake("edgekit::sdpa_kv",
-                            lambda q, k, v, k_cache, v_cache, input_pos, mask: _sdpa_fake(q, k_cache, v_cache, mask),
-                            lib=_lib)
-
-
-def _define_simple(name: str, schema: str, reference, fake) -> None:
-    """A functional op and its ``.out`` variant, both computed by ``reference``."""
+def _define_simple(name: str, schema: str, reference, fake, out_alias: str = "a") -> None:
+    """A functional op and its ``.out`` variant, both computed by ``reference``; ``out_alias``
+    names the out tensor's alias set (another letter when the schema already uses ``a``)."""
     _lib.define(f"{name}({schema}) -> Tensor")
-    _lib.define(f"{name}.out({schema}, *, Tensor(a!) out) -> Tensor(a!)")
+    _lib.define(f"{name}.out({schema}, *, Tensor({out_alias}!) out) -> Tensor({out_alias}!)")
 
     def out_variant(*args, out):
         y = reference(*args)
@@ -171,6 +117,30 @@ def _define_simple(name: str, schema: str, reference, fake) -> None:
     torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
 
 
+# The eager model's attention is the op's reference; the C++ op matches it while reading only
+# the visible slots.
+sdpa_cache_reference = cached_attention
+
+
+def _sdpa_fake(q, k_cache, v_cache, mask):
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1] * q.shape[3]))
+
+
+def sdpa_kv_reference(q, k, v, k_cache, v_cache, input_pos, mask):
+    """``StaticKVCache.update`` then ``cached_attention``: the reference of ``edgekit::sdpa_kv``."""
+    k_cache.index_copy_(2, input_pos, k)
+    v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+    return sdpa_cache_reference(q, k_cache, v_cache, mask)
+
+
+_define_simple("sdpa_cache", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask", sdpa_cache_reference,
+               _sdpa_fake)
+# The KV-cache writes and the attention in one op: k (B, KV, T, hd) as RoPE leaves it, v
+# (B, T, KV, hd) as the projection leaves it; both caches are written in place at input_pos.
+_define_simple("sdpa_kv", "Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+               "Tensor input_pos, Tensor mask", sdpa_kv_reference,
+               lambda q, k, v, k_cache, v_cache, input_pos, mask: _sdpa_fake(q, k_cache, v_cache, mask),
+               out_alias="c")
 _define_simple("rms_norm", "Tensor x, Tensor weight, float eps", rms_norm,
                lambda x, weight, eps: torch.empty_like(x))
 _define_simple("rope", "Tensor x, Tensor cos, Tensor sin", rope_heads,
