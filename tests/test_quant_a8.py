@@ -23,6 +23,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,8 @@ def test_quantize_activations_rounding():
 
 A8_CASES = [  # bits, group, N, K
     (2, 64, 37, 576), (2, 64, 19, 1536), (2, 64, 9, 64), (2, 128, 9, 320), (2, 64, 7, 172),
-    (4, 32, 21, 576), (4, 64, 5, 100), (4, None, 11, 576),
+    (2, 64, 5, 896), (2, 64, 6, 704),  # 8-group blocks + 3 pairs; + 1 pair + a lone group
+    (4, 32, 21, 576), (4, 32, 7, 896), (4, 64, 5, 100), (4, None, 11, 576),
     (8, None, 13, 1536), (8, 16, 6, 96), (8, 64, 3, 200),
     (3, 64, 7, 200),
 ]
@@ -77,11 +79,26 @@ def test_a8_kernel_matches_reference(bits, group, N, K, M):
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(M))
     ref = linear_a8_reference(x, q, scale, zero, lay, K)
     simd_ok = bits in (2, 4, 8) and (lay.group(K) * bits) % 128 == 0
-    impls = ["scalar", "auto"] + [i for i in ("avx2", "avxvnni") if simd_ok and i in available_impls()]
+    impls = ["scalar", "auto"] + [i for i in ("avx2", "avxvnni", "avx512vnni")
+                                  if simd_ok and i in available_impls()]
     for impl in impls:
         y = torch.from_numpy(linear_wq(x, q, scale, zero, bits, group, impl=impl, act_bits=8))
         rel = float((y - ref).abs().max() / ref.abs().max())
         assert rel < 1e-5, (impl, rel)
+
+
+@pytest.mark.parametrize("N,K", [(37, 576), (19, 1536), (5, 896), (6, 704), (9, 64)])
+def test_a8_w2_avx512_pairs_bit_identical_to_avx2_pairs(N, K):
+    """The 512-bit two-row kernel keeps each row's lanes and their order: same bits as AVX-VNNI."""
+    from edgekit.kernels.cpu import available_impls, linear_wq
+
+    if "avx512vnni" not in available_impls():
+        pytest.skip("this CPU has no AVX-512 VNNI (the 512-bit w2 kernel cannot run here)")
+    lay, codes, q, scale, zero = _case(2, 64, N, K, seed=N + K)
+    x = torch.randn(3, K, generator=torch.Generator().manual_seed(K))
+    y2 = linear_wq(x, q, scale, zero, 2, 64, impl="avxvnni", act_bits=8)
+    y5 = linear_wq(x, q, scale, zero, 2, 64, impl="avx512vnni", act_bits=8)
+    assert np.array_equal(y2, y5)
 
 
 @pytest.mark.parametrize("bits,group", [(2, 64), (4, 32), (8, None)])

@@ -20,8 +20,8 @@ import numpy as np
 
 from edgekit.errors import InternalError, UserError
 
-# avxvnni, neondot (NEON + SDOT): int8-activation path only
-IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3, "avxvnni": 4, "neondot": 5}
+# avxvnni, avx512vnni, neondot (NEON + SDOT): int8-activation path only
+IMPLS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3, "avxvnni": 4, "neondot": 5, "avx512vnni": 6}
 _NAMES = {v: k for k, v in IMPLS.items()}
 
 _lib: ctypes.CDLL | None = None

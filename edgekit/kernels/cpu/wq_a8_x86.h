@@ -1,7 +1,8 @@
-// x86 kernels of the int8-activation path (wq_linear.cpp, "int8 activations"). Included twice
-// by wq_linear.cpp, inside namespace a8_avx2 (EK_TGT = avx2,fma,f16c; EK_VNNI 0) and a8_vnni
-// (plus avxvnni: vpdpbusd replaces maddubs + madd; EK_VNNI 1), so each copy is compiled for its
-// own instruction set and CPUID picks one at run time. Not a standalone header.
+// x86 kernels of the int8-activation path (wq_linear.cpp, "int8 activations"). Included three
+// times by wq_linear.cpp, inside namespace a8_avx2 (EK_TGT = avx2,fma,f16c; EK_VNNI 0), a8_vnni
+// (plus avxvnni: vpdpbusd replaces maddubs + madd; EK_VNNI 1) and a8_v512 (plus AVX-512 F, BW,
+// DQ, VL and VNNI; EK_AVX512 1: two-row kernels in 512-bit registers), so each copy is compiled
+// for its own instruction set and CPUID picks one at run time. Not a standalone header.
 
 // Sum over code slots j of u * xq for one 32-byte chunk: 8 int32 lanes, lanes 0-3 from the low
 // 16 bytes, 4-7 from the high 16. 2/4 bits: u8 codes x s8 activations with maddubs (pairs,
@@ -128,15 +129,51 @@ EK_TGT inline __m256i lone_pair_dot(__m256i v, const int8_t* xq) {
   return acc;
 }
 
-// Chunk (groups gg, gg + 1) of two rows: f += dot * (scale * dx) of each lane's group.
+// The float accumulators of a row pair. AVX2: one register per row. AVX-512: both rows in one
+// register (lanes 0-7 row 0, 8-15 row 1), so each chunk takes one shift / and / vpdpbusd /
+// convert / FMA per code slot for both rows instead of two. Each row keeps the same lanes and the
+// same order of operations either way, so the two give bit-identical results.
+// (No member initializers: a constructor would not be compiled for EK_TGT.)
+#if EK_AVX512
+struct PairF {
+  __m512 f;
+};
+EK_TGT inline PairF pair_zero() { return {_mm512_setzero_ps()}; }
+#else
+struct PairF {
+  __m256 f0, f1;
+};
+EK_TGT inline PairF pair_zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+#endif
+
+// Chunk (groups gg, gg + 1) of two rows: f += dot * (scale * dx) of each lane's group, the
+// scales of groups gg, gg + 1 being lanes 2c, 2c + 1 of p0 (row 0) and p1 (row 1).
 template <int BITS>
 EK_TGT inline void pair_chunk(const uint8_t* r0, const uint8_t* r1, const int8_t* xq, int64_t gg, __m256 p0,
-                              __m256 p1, __m256i idx, __m256* f0, __m256* f1) {
+                              __m256 p1, int c, PairF* acc) {
   const int8_t* x = xq + gg * 16 * (8 / BITS);
+  const int e = 2 * c, o = 2 * c + 1;
+#if EK_AVX512
+  constexpr int CPB = 8 / BITS;
+  const __m512i mask = _mm512_set1_epi8((1 << BITS) - 1);
+  const __m512i v = _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + gg * 16))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + gg * 16)), 1);
+  __m512i d = _mm512_setzero_si512();
+  for (int j = 0; j < CPB; ++j) {  // each 32-byte activation slot serves both halves
+    const __m512i cj = _mm512_and_si512(j ? _mm512_srli_epi16(v, BITS * j) : v, mask);
+    d = _mm512_dpbusd_epi32(d, cj, _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * j))));
+  }
+  const __m512 p = _mm512_insertf32x8(_mm512_castps256_ps512(p0), p1, 1);
+  const __m512i idx = _mm512_setr_epi32(e, e, e, e, o, o, o, o, 8 + e, 8 + e, 8 + e, 8 + e, 8 + o, 8 + o, 8 + o, 8 + o);
+  acc->f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(idx, p), acc->f);
+#else
+  const __m256i idx = _mm256_setr_epi32(e, e, e, e, o, o, o, o);
   const __m256i d0 = chunk_dot<BITS>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + gg * 16)), x);
   const __m256i d1 = chunk_dot<BITS>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + gg * 16)), x);
-  *f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_permutevar8x32_ps(p0, idx), *f0);
-  *f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_permutevar8x32_ps(p1, idx), *f1);
+  acc->f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_permutevar8x32_ps(p0, idx), acc->f0);
+  acc->f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_permutevar8x32_ps(p1, idx), acc->f1);
+#endif
 }
 
 // Two rows of the one-group-per-unit layout (2- and 4-bit) at once: y0 = row r0, y1 = row r1.
@@ -154,7 +191,7 @@ EK_TGT void row_pairs2_a8(const Shape& s, const A8& a, const uint8_t* r0, const 
   const float* dx = a.dx + m * s.G;
   const float* xs = a.xsum + m * s.G;
   const int64_t cb = 16 * (8 / BITS);  // codes per unit (= per group)
-  __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+  PairF acc = pair_zero();
   __m256 z0 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
   int64_t g = 0;
   for (; g + 8 <= s.G; g += 8) {
@@ -163,10 +200,7 @@ EK_TGT void row_pairs2_a8(const Shape& s, const A8& a, const uint8_t* r0, const 
     const __m256 p1 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc1 + g))), d);
     z0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zr0 + g))), x, z0);
     z1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zr1 + g))), x, z1);
-    for (int c = 0; c < 4; ++c) {
-      pair_chunk<BITS>(r0, r1, xq, g + 2 * c, p0, p1,
-                       _mm256_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1), &f0, &f1);
-    }
+    for (int c = 0; c < 4; ++c) pair_chunk<BITS>(r0, r1, xq, g + 2 * c, p0, p1, c, &acc);
   }
   float zt0 = 0.f, zt1 = 0.f;
   for (; g + 2 <= s.G; g += 2) {  // a last pair of groups: its two scales in lanes 0 and 1
@@ -176,8 +210,13 @@ EK_TGT void row_pairs2_a8(const Shape& s, const A8& a, const uint8_t* r0, const 
         _mm_setr_ps(_cvtsh_ss(sc1[g]) * dx[g], _cvtsh_ss(sc1[g + 1]) * dx[g + 1], 0.f, 0.f));
     zt0 += _cvtsh_ss(zr0[g]) * xs[g] + _cvtsh_ss(zr0[g + 1]) * xs[g + 1];
     zt1 += _cvtsh_ss(zr1[g]) * xs[g] + _cvtsh_ss(zr1[g + 1]) * xs[g + 1];
-    pair_chunk<BITS>(r0, r1, xq, g, p0, p1, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), &f0, &f1);
+    pair_chunk<BITS>(r0, r1, xq, g, p0, p1, 0, &acc);
   }
+#if EK_AVX512
+  const __m256 f0 = _mm512_castps512_ps256(acc.f), f1 = _mm512_extractf32x8_ps(acc.f, 1);
+#else
+  const __m256 f0 = acc.f0, f1 = acc.f1;
+#endif
   // both reductions at once: [row 0, row 1, row 0, row 1]
   const __m256 h = _mm256_hadd_ps(_mm256_add_ps(f0, z0), _mm256_add_ps(f1, z1));
   __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -250,9 +289,12 @@ template <int BITS>
 EK_TGT void rows_avx2_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16_t* sc,
                           const uint16_t* zr, float* y, int64_t n0, int64_t n1) {
   const bool pairs = s.g * BITS / 8 == 16;
-  // Two rows at a time for 2-bit only: in a model A/B (5 rounds, SmolLM2 / Qwen2.5 w2g64a8,
-  // 2 threads) pairing the 4-bit head too was 3-4% slower than pairing 2-bit rows alone.
-  if constexpr (BITS == 2) {
+  // Two rows at a time for 2-bit, and for 4-bit with AVX-512. With AVX2, pairing the 4-bit head
+  // too was 3-4% slower in a model A/B (5 rounds, SmolLM2 / Qwen2.5 w2g64a8, 2 threads). In
+  // 512-bit registers it is faster: SmolLM2's w4g32 head (49152 x 576), 1 thread, in a
+  // microbenchmark: 500 -> 415 us; the same code as the AVX2 one-row kernel compiled for AVX-512
+  // was 9% slower than AVX2 (538 us).
+  if constexpr (BITS == 2 || (EK_AVX512 && BITS == 4)) {
     if (pairs) {
       for (int64_t n = n0; n < n1; n += 2) {
         const int64_t n2 = n + 1 < n1 ? n + 1 : n;  // an odd last row goes alone, as (n, n)

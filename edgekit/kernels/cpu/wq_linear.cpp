@@ -473,17 +473,30 @@ void rows_scalar_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16
 namespace a8_avx2 {
 #define EK_TGT __attribute__((target("avx2,fma,f16c")))
 #define EK_VNNI 0
+#define EK_AVX512 0
 #include "wq_a8_x86.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_VNNI
+#undef EK_AVX512
 }  // namespace a8_avx2
 namespace a8_vnni {
 #define EK_TGT __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define EK_VNNI 1
+#define EK_AVX512 0
 #include "wq_a8_x86.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_VNNI
+#undef EK_AVX512
 }  // namespace a8_vnni
+namespace a8_v512 {
+#define EK_TGT __attribute__((target("avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define EK_VNNI 1
+#define EK_AVX512 1
+#include "wq_a8_x86.h"  // NOLINT(build/include)
+#undef EK_TGT
+#undef EK_VNNI
+#undef EK_AVX512
+}  // namespace a8_v512
 
 bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot query it by name)
   static const bool ok = [] {
@@ -492,6 +505,14 @@ bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot qu
     __cpuid_count(7, 1, a, b, c, d);
     return cpu_has_avx2() && ((a >> 4) & 1u);
   }();
+  return ok;
+}
+
+// libgcc's checks include the OS saving the zmm state (XCR0).
+bool cpu_has_avx512vnni() {
+  static const bool ok = cpu_has_avxvnni() && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   return ok;
 }
 #endif
@@ -557,7 +578,8 @@ int forced_a8(const Shape& s) {
     const char* e = std::getenv("EDGEKIT_A8_IMPL");
     if (!e) return -1;
     const std::pair<const char*, int> names[] = {{"scalar", EK_IMPL_SCALAR}, {"avx2", EK_IMPL_AVX2},
-                                                 {"avxvnni", EK_IMPL_AVXVNNI}, {"neon", EK_IMPL_NEON},
+                                                 {"avxvnni", EK_IMPL_AVXVNNI}, {"avx512vnni", EK_IMPL_AVX512VNNI},
+                                                 {"neon", EK_IMPL_NEON},
                                                  {"neondot", EK_IMPL_NEON_DOTPROD}};
     for (const auto& [name, impl] : names)
       if (std::strcmp(e, name) == 0) return impl;
@@ -571,6 +593,7 @@ int forced_a8(const Shape& s) {
 int pick_a8(const Shape& s) {
   if (const int f = forced_a8(s); f >= 0) return f;
 #ifdef EK_HAVE_X86
+  if (a8_simd_ok(s.bits, s.g) && cpu_has_avx512vnni()) return EK_IMPL_AVX512VNNI;
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avxvnni()) return EK_IMPL_AVXVNNI;
 #endif
   if (a8_simd_ok(s.bits, s.g) && cpu_has_avx2()) return EK_IMPL_AVX2;
@@ -584,7 +607,7 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
               const uint16_t* zr, float* y, int impl) {
   if (impl == EK_IMPL_AUTO) impl = pick_a8(s);
   if (impl != EK_IMPL_SCALAR &&
-      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_NEON &&
+      ((impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_AVX512VNNI && impl != EK_IMPL_NEON &&
         impl != EK_IMPL_NEON_DOTPROD) ||
        !ek_impl_available(impl) ||
        !a8_simd_ok(s.bits, s.g)))
@@ -607,10 +630,12 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
 #ifdef EK_HAVE_X86
   using Rows = void (*)(const Shape&, const A8&, const uint8_t*, const uint16_t*, const uint16_t*, float*,
                         int64_t, int64_t);
-  static const Rows table[2][3] = {  // [vnni][bits 2, 4, 8]
+  static const Rows table[3][3] = {  // [avx2, avxvnni, avx512vnni][bits 2, 4, 8]
       {a8_avx2::rows_avx2_a8<2>, a8_avx2::rows_avx2_a8<4>, a8_avx2::rows_avx2_a8<8>},
-      {a8_vnni::rows_avx2_a8<2>, a8_vnni::rows_avx2_a8<4>, a8_vnni::rows_avx2_a8<8>}};
-  const Rows rows = table[impl == EK_IMPL_AVXVNNI][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
+      {a8_vnni::rows_avx2_a8<2>, a8_vnni::rows_avx2_a8<4>, a8_vnni::rows_avx2_a8<8>},
+      {a8_v512::rows_avx2_a8<2>, a8_v512::rows_avx2_a8<4>, a8_v512::rows_avx2_a8<8>}};
+  const int isa = impl == EK_IMPL_AVX512VNNI ? 2 : impl == EK_IMPL_AVXVNNI ? 1 : 0;
+  const Rows rows = table[isa][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
   parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows(s, a, qw, sc, zr, y, b0, b1); });
   return EK_OK;
 #elif defined(EK_HAVE_NEON)
@@ -662,6 +687,12 @@ int ek_impl_available(int impl) {
     case EK_IMPL_AVXVNNI:
 #ifdef EK_HAVE_X86
       return cpu_has_avxvnni() ? 1 : 0;
+#else
+      return 0;
+#endif
+    case EK_IMPL_AVX512VNNI:
+#ifdef EK_HAVE_X86
+      return cpu_has_avx512vnni() ? 1 : 0;
 #else
       return 0;
 #endif

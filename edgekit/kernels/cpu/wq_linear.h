@@ -44,6 +44,7 @@ enum ek_impl {
   EK_IMPL_NEON = 3,
   EK_IMPL_AVXVNNI = 4, /* AVX2 + AVX-VNNI (vpdpbusd): the int8-activation path only */
   EK_IMPL_NEON_DOTPROD = 5, /* NEON + SDOT (FEAT_DotProd): the int8-activation path only */
+  EK_IMPL_AVX512VNNI = 6, /* AVX-512 (F, BW, DQ, VL) + AVX512-VNNI: the int8-activation path only */
 };
 
 /* Row bytes of a packed row of K codes: ceil(ceil(K/g)*g * bits / 8). */

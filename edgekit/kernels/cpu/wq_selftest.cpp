@@ -130,7 +130,7 @@ int main() {
                   {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}, {5, 6, 90, 32},
                   {2, 9, 200, 64}, {3, 7, 300, 96}, {1, 5, 460, 192}, {2, 4, 100, 48},
                   {6, 3, 1040, 0}, {1, 8, 330, 16}, {7, 5, 144, 0}};
-  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_NEON, EK_IMPL_NEON_DOTPROD}) {
+  for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_AVX512VNNI, EK_IMPL_NEON, EK_IMPL_NEON_DOTPROD}) {
     if (!ek_impl_available(impl)) continue;
     int a8_checked = 0, a8_failed = 0;
     for (int bits : {2, 4, 8}) {
@@ -144,6 +144,7 @@ int main() {
       }
     }
     const char* name = impl == EK_IMPL_AVX2 ? "avx2" : impl == EK_IMPL_AVXVNNI ? "avxvnni"
+                       : impl == EK_IMPL_AVX512VNNI ? "avx512vnni"
                        : impl == EK_IMPL_NEON ? "neon base" : "neon sdot";
     std::printf("a8 impl=%d (%s): %d checked, %d failed\n", impl, name, a8_checked, a8_failed);
     checked += a8_checked;
