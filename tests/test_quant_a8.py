@@ -134,11 +134,12 @@ def test_stories_w2a8_tokens_eager_executorch_native(stories_w2a8):
     d, res, man = stories_w2a8
     assert res["config"]["act_bits"] == 8 and man["quantization"]["act_bits"] == 8
     prog = man["programs"]["executorch"]
-    assert prog["custom_ops"] == ["edgekit::linear_w2a8", "edgekit::rms_norm", "edgekit::rope",
-                                  "edgekit::sdpa_kv", "edgekit::swiglu"]
+    assert prog["custom_ops"] == ["edgekit::linear_w2a8", "edgekit::qkv_attn", "edgekit::rms_norm",
+                                  "edgekit::swiglu_gu"]
     assert prog["delegate_calls"] <= 1  # only the float (tied) head is XNNPACK's
-    # the cache writes and v's transpose live inside edgekit::sdpa_kv
-    assert not {"index_put", "permute_copy"} & set(prog["portable_ops"]), prog["portable_ops"]
+    # RoPE, the cache writes and v's transpose live inside edgekit::qkv_attn, which takes the fused
+    # q|k|v output whole, as swiglu_gu takes w1|w3's: no slices of a fused projection are left
+    assert not {"index_put", "permute_copy", "slice_copy"} & set(prog["portable_ops"]), prog["portable_ops"]
     lm = load_model(d / "ckpt", max_seq_len=128)
     packed = [m for m in lm.model.modules() if isinstance(m, _PackedLinear)]
     assert packed and all(m.act_bits == 8 for m in packed)

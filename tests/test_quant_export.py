@@ -158,12 +158,12 @@ def test_stories_w2g64_package_greedy_matches_eager(stories_w2):
     d, res, man = stories_w2
     assert man["quantization"] == res["config"] and man["quantization"]["preset"] == "w2g64"
     # attention goes to edgekit's cache-reading op once the program needs edgekit's kernels
-    assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2", "edgekit::rms_norm", "edgekit::rope",
-                                                           "edgekit::sdpa_kv", "edgekit::swiglu"]
+    assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2", "edgekit::qkv_attn",
+                                                           "edgekit::rms_norm", "edgekit::swiglu_gu"]
     # wq/wk/wv and w1/w3 run as one stacked call each: 4 calls per layer instead of 7, + attention
     assert man["programs"]["executorch"]["fused_linear_groups"] == 2 * 5
-    # + per layer 2 norms, RoPE on q and k, SwiGLU; + the final norm
-    assert man["programs"]["executorch"]["custom_op_calls"] == (4 + 1 + 2 + 2 + 1) * 5 + 1
+    # + per layer 2 norms and SwiGLU (RoPE is inside the attention op); + the final norm
+    assert man["programs"]["executorch"]["custom_op_calls"] == (4 + 1 + 2 + 1) * 5 + 1
     assert man["programs"]["onnx"]["custom_ops"] == ["com.microsoft::MatMulNBits"]
     assert man["programs"]["onnx"]["matmul_nbits"] == 5 * 7  # every block linear; tied head stays float
     lm = load_model(d / "ckpt", max_seq_len=128)
@@ -247,8 +247,8 @@ def test_smollm2_shaped_w2g64_logits_close(tmp_path):
     man = export_package(lm, tmp_path / "pkg", formats="both", max_chunk=16, quant=hook)
     assert man["quantization"]["bits"] == 2 and man["quantization"]["head_bits"] == 4
     assert man["programs"]["executorch"]["custom_ops"] == ["edgekit::linear_w2", "edgekit::linear_w4",
-                                                           "edgekit::rms_norm", "edgekit::rope",
-                                                           "edgekit::sdpa_kv", "edgekit::swiglu"]
+                                                           "edgekit::qkv_attn", "edgekit::rms_norm",
+                                                           "edgekit::swiglu_gu"]
     ids = torch.randint(3, V, (20,), generator=torch.Generator().manual_seed(1)).tolist()
     ref = program_logits(EagerBackend(lm.model, max_chunk=16), ids)
     pkg = load_package(tmp_path / "pkg")

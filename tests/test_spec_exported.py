@@ -236,9 +236,9 @@ def test_tree_verification_in_the_exported_program(tree_pkg, pkgs):
     assert "--tree-verify" in e.value.hint
 
 
-def test_tree_verification_quantized_program_with_sdpa_kv(stories_dir, tmp_path):
+def test_tree_verification_quantized_program_with_qkv_attn(stories_dir, tmp_path):
     """A w2g64 program with tree methods: its attention writes the shared KV cache inside
-    edgekit::sdpa_kv (forward and verify_tree alike), and tree speculation, chain speculation in
+    edgekit::qkv_attn (forward and verify_tree alike, tree positions through RoPE's tables), and tree speculation, chain speculation in
     the native runner and plain decoding still give the same tokens."""
     from edgekit.export.builder import export_package
     from edgekit.plan.apply import export_settings
@@ -248,7 +248,7 @@ def test_tree_verification_quantized_program_with_sdpa_kv(stories_dir, tmp_path)
     man = export_package(stories_dir, tmp_path / "pkg", formats="executorch", max_seq_len=128, draft_exit=EXIT,
                          tree_verify=True, quant=quant)
     prog = man["programs"]["executorch"]
-    assert "edgekit::sdpa_kv" in prog["custom_ops"] and prog["tree_methods"]["shared_kv"] is True
+    assert "edgekit::qkv_attn" in prog["custom_ops"] and prog["tree_methods"]["shared_kv"] is True
     pkg = load_package(tmp_path / "pkg")
     ids = pkg.tokenizer.encode(PROMPT)
     want = pkg.engine("executorch").generate(ids, N).tokens

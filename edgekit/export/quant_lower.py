@@ -142,6 +142,12 @@ class _FusedSlice(nn.Module):
         y = g.last[1] if self.i and g.last is not None and g.last[0] is x else g(x)
         return y[..., g.bounds[self.i]:g.bounds[self.i + 1]]
 
+    def stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """All members' outputs, concatenated in FUSE order, from the one call (no slices): what
+        ``Attention`` (q|k|v into ``edgekit::qkv_attn``) and ``FeedForward`` (w1|w3 into
+        ``edgekit::swiglu_gu``) take when they find this method on ``wq`` / ``w1``."""
+        return (self.group if self.i == 0 else self._group)(x)
+
 
 FUSE = [("wq", "wk", "wv"), ("w1", "w3")]  # call order inside Attention / FeedForward.forward
 
@@ -183,7 +189,7 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
     ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
     ``edgekit::sdpa_kv`` calls (cache writes + attention) and norms / RoPE / SwiGLU for ``edgekit::rms_norm`` / ``rope``
-    / ``swiglu``; yields ``{ops, n_linears, fused_groups, elementwise}`` for the manifest
+    / ``swiglu`` (``qkv_attn`` / ``swiglu_gu`` on fused groups); yields ``{ops, n_linears, fused_groups, elementwise}`` for the manifest
     (``ops`` counts calls in the program, empty when the model has no packed linears;
     ``elementwise``: the last three were swapped in, so XNNPACK should take only float linears,
     see edgekit.export.executorch.partitioners)."""
@@ -198,14 +204,17 @@ def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict
         # A program that needs edgekit's kernels anyway also takes its attention op, which
         # writes the KV cache too (edgekit::sdpa_kv: Attention.forward with edgekit_ops).
         attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
-        if attn:
-            ops["edgekit::sdpa_kv"] = len(attn)
-        # ... and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two linears)
+        # ... and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two linears);
+        # a fused q|k|v group takes RoPE, cache writes and attention in one edgekit::qkv_attn,
+        # a fused w1|w3 group edgekit::swiglu_gu (no slices of the stacked output)
         ew = [m for m in model.modules() if hasattr(m, "edgekit_ops")] if attn else []
         for m in ew:
-            for cls, name, calls in ((RMSNorm, "rms_norm", 1), (Attention, "rope", 2), (FeedForward, "swiglu", 1)):
-                if isinstance(m, cls):
-                    ops[f"edgekit::{name}"] = ops.get(f"edgekit::{name}", 0) + calls
+            fused = isinstance(getattr(m, "wq", getattr(m, "w1", None)), _FusedSlice)
+            calls = ([("rms_norm", 1)] if isinstance(m, RMSNorm)
+                     else ([("qkv_attn", 1)] if fused else [("sdpa_kv", 1), ("rope", 2)]) if isinstance(m, Attention)
+                     else ([("swiglu_gu", 1)] if fused else [("swiglu", 1)]) if isinstance(m, FeedForward) else [])
+            for name, n in calls:
+                ops[f"edgekit::{name}"] = ops.get(f"edgekit::{name}", 0) + n
         try:
             for m in attn:
                 m.cache_sdpa = True

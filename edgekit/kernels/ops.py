@@ -16,6 +16,12 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
                      Tensor input_pos, Tensor mask) -> Tensor
         writes k (B, KV, T, hd) and v (B, T, KV, hd) into the caches at input_pos, then
         sdpa_cache: what the ExecuTorch programs call (3 ops fewer per layer)
+    edgekit::qkv_attn(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache,
+                      Tensor input_pos, Tensor mask, int n_heads) -> Tensor
+        the fused q|k|v projection (B, T, (H + 2 KV) hd) in: RoPE on q and k, both cache writes
+        and the attention (what a fused-projection program calls: 8 ops fewer per layer than
+        rope, rope, sdpa_kv and their slices and views)
+    edgekit::swiglu_gu(Tensor gate_up) -> Tensor     swiglu on the fused w1|w3 output (..., 2F)
     edgekit::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor
     edgekit::rope(Tensor x, Tensor cos, Tensor sin) -> Tensor
         x (B, T, H, hd) -> (B, H, T, hd): half-split RoPE with full-width tables
@@ -141,12 +147,39 @@ _define_simple("sdpa_kv", "Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Ten
                "Tensor input_pos, Tensor mask", sdpa_kv_reference,
                lambda q, k, v, k_cache, v_cache, input_pos, mask: _sdpa_fake(q, k_cache, v_cache, mask),
                out_alias="c")
+
+
+def qkv_attn_reference(qkv, cos, sin, k_cache, v_cache, input_pos, mask, n_heads):
+    """Split q|k|v, ``rope_heads`` on q and k, then ``sdpa_kv_reference``: the reference of
+    ``edgekit::qkv_attn``."""
+    B, T, _ = qkv.shape
+    KV, hd = k_cache.shape[1], k_cache.shape[3]
+    q, k, v = qkv.split([n_heads * hd, KV * hd, KV * hd], dim=-1)
+    q = rope_heads(q.reshape(B, T, n_heads, hd), cos, sin)
+    k = rope_heads(k.reshape(B, T, KV, hd), cos, sin)
+    return sdpa_kv_reference(q, k, v.reshape(B, T, KV, hd), k_cache, v_cache, input_pos, mask)
+
+
+def swiglu_gu_reference(gate_up):
+    """``swiglu`` of the two halves of the last dim: the reference of ``edgekit::swiglu_gu``."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return swiglu(gate, up)
+
+
+_define_simple("qkv_attn", "Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+               "Tensor input_pos, Tensor mask, int n_heads", qkv_attn_reference,
+               lambda qkv, cos, sin, k_cache, v_cache, input_pos, mask, n_heads:
+               qkv.new_empty((qkv.shape[0], qkv.shape[1], n_heads * k_cache.shape[3])),
+               out_alias="c")
+_define_simple("swiglu_gu", "Tensor gate_up", swiglu_gu_reference,
+               lambda gu: gu.new_empty((*gu.shape[:-1], gu.shape[-1] // 2)))
 _define_simple("rms_norm", "Tensor x, Tensor weight, float eps", rms_norm,
                lambda x, weight, eps: torch.empty_like(x))
 _define_simple("rope", "Tensor x, Tensor cos, Tensor sin", rope_heads,
                lambda x, cos, sin: x.new_empty((x.shape[0], x.shape[2], x.shape[1], x.shape[3])))
 _define_simple("swiglu", "Tensor gate, Tensor up", swiglu, lambda gate, up: torch.empty_like(gate))
-ELEMENTWISE_OPS = ("rms_norm", "rope", "swiglu")
+ELEMENTWISE_OPS = ("rms_norm", "rope", "swiglu", "swiglu_gu")
+ATTENTION_OPS = ("sdpa_cache", "sdpa_kv", "qkv_attn")
 
 _et_loaded: ctypes.CDLL | None = None
 _et_lock = threading.Lock()
@@ -171,6 +204,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != len(BITS) + 2 + len(ELEMENTWISE_OPS):  # + sdpa_cache, sdpa_kv
+            if _et_loaded.ek_et_ops_registered() != len(BITS) + len(ATTENTION_OPS) + len(ELEMENTWISE_OPS):
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

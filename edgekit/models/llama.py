@@ -159,7 +159,9 @@ class Attention(nn.Module):
         self.cache_sdpa = False
         # True with cache_sdpa (lowered_for_executorch): RoPE is edgekit::rope on the export
         # path's full-width tables, as are the norms (RMSNorm) and SwiGLU (FeedForward), and the
-        # cache writes join the attention call (edgekit::sdpa_kv)
+        # cache writes join the attention call (edgekit::sdpa_kv); when wq is a fused export group
+        # with a ``stacked(x)`` method (wq|wk|wv rows in one call), RoPE, cache writes and
+        # attention are one edgekit::qkv_attn call on it
         self.edgekit_ops = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -169,6 +171,10 @@ class Attention(nn.Module):
         # exports as expand_copy + bmm, i.e. a copy of the whole cache per layer).
         B = x.shape[0]
         H, KV, hd = self.n_heads, self.n_kv, self.hd
+        stacked = getattr(self.wq, "stacked", None)  # wq|wk|wv rows in one call (an export fused group)
+        if self.edgekit_ops and self.cache_sdpa and stacked is not None and cos.shape[-1] == hd:
+            c = self.kv_cache  # RoPE, cache writes and attention in one call on the fused projection
+            return self.wo(_edgekit_ops().qkv_attn(stacked(x), cos, sin, c.k_cache, c.v_cache, input_pos, mask, H))
         # wq, wk, wv in this order (a fused export group runs on its first member's call)
         q, k = self.wq(x).view(B, -1, H, hd), self.wk(x).view(B, -1, KV, hd)  # (B, T, heads, hd)
         v = self.wv(x).view(B, -1, KV, hd)  # (B, T, KV, hd)
@@ -209,6 +215,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.edgekit_ops:
+            stacked = getattr(self.w1, "stacked", None)  # w1|w3 rows in one call (an export fused group)
+            if stacked is not None:
+                return self.w2(_edgekit_ops().swiglu_gu(stacked(x)))
             return self.w2(_edgekit_ops().swiglu(self.w1(x), self.w3(x)))
         return self.w2(swiglu(self.w1(x), self.w3(x)))
 

@@ -90,9 +90,9 @@ def predict_package(package: str | os.PathLike, target: Target | None = None, *,
     speed: SpeedEstimate | None = None
     if target is not None:
         # ExecuTorch programs attend their whole static cache unless they use edgekit::sdpa_cache
-        # or sdpa_kv (read the visible slots only); the ONNX program's concatenated past grows with the
+        # / sdpa_kv / qkv_attn (read the visible slots only); the ONNX program's concatenated past grows with the
         # conversation, so it attends only the bench's window.
-        static = kind == "executorch" and not {"edgekit::sdpa_cache", "edgekit::sdpa_kv"} & set(
+        static = kind == "executorch" and not {"edgekit::sdpa_cache", "edgekit::sdpa_kv", "edgekit::qkv_attn"} & set(
             man["programs"].get(kind, {}).get("custom_ops", []))
         speed = decode_speed(shape, fmt, target, context=S if static else min(S, prompt_len + gen_len),
                              prompt=prompt_len, kv_bytes=4, prefill_chunk=chunk, static_cache=static)

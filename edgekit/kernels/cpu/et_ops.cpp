@@ -14,6 +14,10 @@
 //   edgekit::swiglu.out(Tensor gate, Tensor up, *, Tensor(a!) out)         silu(gate) * up
 //                           (these three: ew.h; they keep a quantized program's layers free of
 //                           XNNPACK delegate calls)
+//   edgekit::sdpa_kv.out(q, k, v, Tensor(a!) k_cache, Tensor(b!) v_cache, input_pos, mask, *, out)
+//   edgekit::qkv_attn.out(qkv, cos, sin, Tensor(a!) k_cache, Tensor(b!) v_cache, input_pos, mask,
+//                         int n_heads, *, out)   RoPE + cache writes + attention on fused q|k|v
+//   edgekit::swiglu_gu.out(Tensor gate_up, *, Tensor(a!) out)   swiglu on fused w1|w3
 //
 // x float32 [..., K] (K = in_features), qweight uint8 [N, row_bytes], scale/zero float16
 // [N, ceil(K/g)], group_size <= 0 = one group per row; out float32 [..., N] (resized here).
@@ -24,6 +28,8 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <vector>
 
 #include "attn.h"
 #include "ew.h"
@@ -120,30 +126,56 @@ EK_A8_OP(4)
 EK_A8_OP(8)
 #undef EK_A8_OP
 
+// Attention of q (float32 [H, T, hd], contiguous) over the caches [1, KV, S, hd]; mask [T, S];
+// out resized to [1, T, H * hd]. `op` names the calling op in messages.
+Tensor& attend(KernelRuntimeContext& ctx, const char* op, const float* q, int64_t H, int64_t T, int64_t hd,
+               const Tensor& k_cache, const Tensor& v_cache, const Tensor& mask, Tensor& out) {
+  for (const Tensor* t : {&k_cache, &v_cache, &mask, const_cast<const Tensor*>(&out)})
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, out,
+                        "edgekit::%s: all tensors must be float32", op);
+  ET_KERNEL_CHECK_MSG(ctx, k_cache.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2 && k_cache.size(0) == 1,
+                      InvalidArgument, out, "edgekit::%s: caches must be [1, heads, seq, hd], mask 2-D", op);
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, k_cache.size(3) == hd && v_cache.size(1) == KV && v_cache.size(2) == S &&
+                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && H % KV == 0,
+                      InvalidArgument, out, "edgekit::%s: shapes do not agree", op);
+  const std::array<SizesType, 3> sizes{1, static_cast<SizesType>(T), static_cast<SizesType>(H * hd)};
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
+                      InvalidArgument, out, "edgekit::%s: cannot resize out", op);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));  // as the model
+  const int st = ek_sdpa_cache(q, H, T, hd, k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), KV, S,
+                               mask.const_data_ptr<float>(), scale, out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::%s: %s", op, ek_status_str(st));
+  return out;
+}
+
 // q float32 [1, H, T, hd]; k_cache, v_cache [1, KV, S, hd]; mask [T, S] additive (0 visible,
 // -inf hidden); out [1, T, H * hd].
 Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache,
                        const Tensor& v_cache, const Tensor& mask, Tensor& out) {
-  for (const Tensor* t : {&q, &k_cache, &v_cache, &mask, const_cast<const Tensor*>(&out)})
-    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, out,
-                        "edgekit::sdpa_cache: all tensors must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2 &&
-                           q.size(0) == 1 && k_cache.size(0) == 1,
-                      InvalidArgument, out, "edgekit::sdpa_cache: q/k/v must be [1, heads, seq, hd], mask 2-D");
-  const int64_t H = q.size(1), T = q.size(2), hd = q.size(3);
-  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
-  ET_KERNEL_CHECK_MSG(ctx, k_cache.size(3) == hd && v_cache.size(1) == KV && v_cache.size(2) == S &&
-                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && H % KV == 0,
-                      InvalidArgument, out, "edgekit::sdpa_cache: shapes do not agree");
-  const std::array<SizesType, 3> sizes{1, static_cast<SizesType>(T), static_cast<SizesType>(H * hd)};
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
-                      InvalidArgument, out, "edgekit::sdpa_cache: cannot resize out");
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));  // as the model
-  const int st = ek_sdpa_cache(q.const_data_ptr<float>(), H, T, hd, k_cache.const_data_ptr<float>(),
-                               v_cache.const_data_ptr<float>(), KV, S, mask.const_data_ptr<float>(), scale,
-                               out.mutable_data_ptr<float>());
-  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::sdpa_cache: %s", ek_status_str(st));
-  return out;
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && q.dim() == 4 && q.size(0) == 1, InvalidArgument,
+                      out, "edgekit::sdpa_cache: q must be float32 [1, heads, seq, hd]");
+  return attend(ctx, "sdpa_cache", q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3), k_cache, v_cache,
+                mask, out);
+}
+
+// input_pos int64 [T] with every slot in [0, S).
+bool positions_ok(KernelRuntimeContext& ctx, const char* op, const Tensor& input_pos, int64_t T, int64_t S) {
+  if (input_pos.scalar_type() != ScalarType::Long || input_pos.dim() != 1 || input_pos.size(0) != T) {
+    ET_LOG(Error, "edgekit::%s: input_pos must be int64 [%lld]", op, static_cast<long long>(T));
+    ctx.fail(Error::InvalidArgument);
+    return false;
+  }
+  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    if (pos[t] < 0 || pos[t] >= S) {
+      ET_LOG(Error, "edgekit::%s: position %lld outside the cache of %lld slots", op,
+             static_cast<long long>(pos[t]), static_cast<long long>(S));
+      ctx.fail(Error::InvalidArgument);
+      return false;
+    }
+  }
+  return true;
 }
 
 // edgekit::sdpa_kv: the KV-cache writes and sdpa_cache in one call (three fewer ops per layer:
@@ -156,21 +188,16 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
   ET_KERNEL_CHECK_MSG(ctx, k.scalar_type() == ScalarType::Float && v.scalar_type() == ScalarType::Float &&
                            k_cache.scalar_type() == ScalarType::Float && v_cache.scalar_type() == ScalarType::Float,
                       InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.dim() == 1,
-                      InvalidArgument, out, "edgekit::sdpa_kv: input_pos must be int64 [T]");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4,
                       InvalidArgument, out, "edgekit::sdpa_kv: q, k, v and the caches must be 4-D");
   const int64_t T = q.size(2), hd = q.size(3), KV = k_cache.size(1), S = k_cache.size(2);
   ET_KERNEL_CHECK_MSG(ctx, k.size(0) == 1 && k.size(1) == KV && k.size(2) == T && k.size(3) == hd &&
                            v.size(0) == 1 && v.size(1) == T && v.size(2) == KV && v.size(3) == hd &&
-                           input_pos.size(0) == T && k_cache.size(3) == hd && v_cache.size(1) == KV &&
+                           k_cache.size(3) == hd && v_cache.size(1) == KV &&
                            v_cache.size(2) == S && v_cache.size(3) == hd,
-                      InvalidArgument, out, "edgekit::sdpa_kv: k, v, input_pos and the caches do not agree");
+                      InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches do not agree");
+  if (!positions_ok(ctx, "sdpa_kv", input_pos, T, S)) return out;
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t)
-    ET_KERNEL_CHECK_MSG(ctx, pos[t] >= 0 && pos[t] < S, InvalidArgument, out,
-                        "edgekit::sdpa_kv: position %lld outside the cache of %lld slots",
-                        static_cast<long long>(pos[t]), static_cast<long long>(S));
   const float* kp = k.const_data_ptr<float>();
   const float* vp = v.const_data_ptr<float>();
   float* kc = k_cache.mutable_data_ptr<float>();
@@ -183,6 +210,52 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
     }
   }
   return sdpa_cache_out(ctx, q, k_cache, v_cache, mask, out);
+}
+
+bool all_float(std::initializer_list<const Tensor*> ts);
+bool same_shape(const Tensor& a, const Tensor& b);
+
+// edgekit::qkv_attn: from the fused q|k|v projection to the attention output in one call (what
+// took two rope, three slice and three view ops and an sdpa_kv). qkv [1, T, (H + 2 KV) hd]
+// float32 (rows q heads, k heads, v heads); cos, sin [T, hd]; caches [1, KV, S, hd] written in
+// place at input_pos [T]; mask [T, S]; out [1, T, H hd]. RoPE'd k goes straight into its cache
+// row, v is copied; RoPE'd q goes to a per-thread buffer (grown once, no allocation in steady
+// state), heads-first for the attention kernel.
+Tensor& qkv_attn_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
+                     Tensor& k_cache, Tensor& v_cache, const Tensor& input_pos, const Tensor& mask, int64_t n_heads,
+                     Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&qkv, &cos, &sin, &k_cache, &v_cache}) && qkv.dim() == 3 && qkv.size(0) == 1 &&
+                           k_cache.dim() == 4 && v_cache.dim() == 4 && cos.dim() == 2 && sin.dim() == 2,
+                      InvalidArgument, out,
+                      "edgekit::qkv_attn: qkv must be float32 [1, T, width], caches 4-D, cos/sin [T, hd]");
+  const int64_t T = qkv.size(1), W = qkv.size(2), H = n_heads;
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2), hd = k_cache.size(3);
+  ET_KERNEL_CHECK_MSG(ctx, H > 0 && W == (H + 2 * KV) * hd && cos.size(0) == T && cos.size(1) == hd &&
+                           sin.size(0) == T && sin.size(1) == hd && same_shape(k_cache, v_cache),
+                      InvalidArgument, out, "edgekit::qkv_attn: qkv width %lld is not (%lld + 2 x %lld) x %lld",
+                      static_cast<long long>(W), static_cast<long long>(H), static_cast<long long>(KV),
+                      static_cast<long long>(hd));
+  if (!positions_ok(ctx, "qkv_attn", input_pos, T, S)) return out;
+  thread_local std::vector<float> qbuf;
+  try {
+    if (qbuf.size() < static_cast<size_t>(H * T * hd)) qbuf.resize(H * T * hd);
+  } catch (const std::bad_alloc&) {
+    ET_KERNEL_CHECK_MSG(ctx, false, MemoryAllocationFailed, out, "edgekit::qkv_attn: out of memory");
+  }
+  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
+  const float* x = qkv.const_data_ptr<float>();
+  const float* cp = cos.const_data_ptr<float>();
+  const float* sp = sin.const_data_ptr<float>();
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = x + t * W;
+    ek_rope_heads(row, cp + t * hd, sp + t * hd, H, hd, qbuf.data() + t * hd, T * hd);
+    ek_rope_heads(row + H * hd, cp + t * hd, sp + t * hd, KV, hd, kc + pos[t] * hd, S * hd);
+    for (int64_t h = 0; h < KV; ++h)
+      std::memcpy(vc + (h * S + pos[t]) * hd, row + (H + KV + h) * hd, static_cast<size_t>(hd) * sizeof(float));
+  }
+  return attend(ctx, "qkv_attn", qbuf.data(), H, T, hd, k_cache, v_cache, mask, out);
 }
 
 bool all_float(std::initializer_list<const Tensor*> ts) {
@@ -242,6 +315,28 @@ Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& gate, const Tensor& 
   return out;
 }
 
+// edgekit::swiglu_gu: swiglu on the fused w1|w3 projection: gate_up [..., 2F] (each row's gate
+// then its up) -> out [..., F] (two slice ops fewer per layer than swiglu(gate, up)).
+Tensor& swiglu_gu_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&gate_up, &out}) && gate_up.dim() >= 1 && gate_up.size(gate_up.dim() - 1) % 2 == 0,
+                      InvalidArgument, out, "edgekit::swiglu_gu: gate_up must be float32 [..., 2F]");
+  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
+  for (ssize_t d = 0; d < gate_up.dim(); ++d) sizes[d] = static_cast<SizesType>(gate_up.size(d));
+  const int64_t F = gate_up.size(gate_up.dim() - 1) / 2;
+  sizes[gate_up.dim() - 1] = static_cast<SizesType>(F);
+  ET_KERNEL_CHECK_MSG(ctx,
+                      executorch::runtime::resize_tensor(out, {sizes.data(), static_cast<size_t>(gate_up.dim())}) ==
+                          Error::Ok,
+                      InvalidArgument, out, "edgekit::swiglu_gu: cannot resize out");
+  const float* gu = gate_up.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  for (int64_t r = 0, R = F ? gate_up.numel() / (2 * F) : 0; r < R; ++r) {
+    const int st = ek_swiglu(gu + r * 2 * F, gu + r * 2 * F + F, F, o + r * F);
+    ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, InvalidArgument, out, "edgekit::swiglu_gu: %s", ek_status_str(st));
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace edgekit
 
@@ -258,6 +353,8 @@ EXECUTORCH_LIBRARY(edgekit, "sdpa_kv.out", edgekit::sdpa_kv_out);
 EXECUTORCH_LIBRARY(edgekit, "rms_norm.out", edgekit::rms_norm_out);
 EXECUTORCH_LIBRARY(edgekit, "rope.out", edgekit::rope_out);
 EXECUTORCH_LIBRARY(edgekit, "swiglu.out", edgekit::swiglu_out);
+EXECUTORCH_LIBRARY(edgekit, "qkv_attn.out", edgekit::qkv_attn_out);
+EXECUTORCH_LIBRARY(edgekit, "swiglu_gu.out", edgekit::swiglu_gu_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 13; }
+extern "C" int ek_et_ops_registered(void) { return 15; }

@@ -20,21 +20,26 @@ int ek_rms_norm(const float* x, const float* w, int64_t R, int64_t D, float eps,
   return EK_OK;
 }
 
+int ek_rope_heads(const float* x, const float* cos, const float* sin, int64_t H, int64_t hd, float* out,
+                  int64_t out_stride) {
+  if (!x || !cos || !sin || !out || H <= 0 || hd <= 0 || hd % 2) return EK_BAD_ARG;
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < H; ++h) {
+    const float* xi = x + h * hd;
+    float* o = out + h * out_stride;
+    for (int64_t i = 0; i < half; ++i) o[i] = xi[i] * cos[i] + (-xi[i + half]) * sin[i];
+    for (int64_t i = half; i < hd; ++i) o[i] = xi[i] * cos[i] + xi[i - half] * sin[i];
+  }
+  return EK_OK;
+}
+
 int ek_rope_half(const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
                  int64_t hd, float* out) {
   if (!x || !cos || !sin || !out || B <= 0 || T <= 0 || H <= 0 || hd <= 0 || hd % 2) return EK_BAD_ARG;
-  const int64_t half = hd / 2;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* c = cos + t * hd;
-      const float* s = sin + t * hd;
-      for (int64_t h = 0; h < H; ++h) {
-        const float* xi = x + ((b * T + t) * H + h) * hd;
-        float* o = out + ((b * H + h) * T + t) * hd;
-        for (int64_t i = 0; i < half; ++i) o[i] = xi[i] * c[i] + (-xi[i + half]) * s[i];
-        for (int64_t i = half; i < hd; ++i) o[i] = xi[i] * c[i] + xi[i - half] * s[i];
-      }
-    }
+    for (int64_t t = 0; t < T; ++t)
+      ek_rope_heads(x + (b * T + t) * H * hd, cos + t * hd, sin + t * hd, H, hd, out + (b * H * T + t) * hd,
+                    T * hd);
   return EK_OK;
 }
 

@@ -6,6 +6,9 @@
  *   ek_rope_half x [B, T, H, hd] -> out [B, H, T, hd] (the transpose to heads-first is fused):
  *                out = x * cos[t] + rot(x) * sin[t], rot(x) = cat(-x[hd/2:], x[:hd/2]),
  *                cos/sin [T, hd] full width (edgekit/export/transforms.py)
+ *   ek_rope_heads one token's heads x [H, hd] -> out + h * out_stride for each head h (the same
+ *                rotation, cos/sin the token's [hd] rows): writes straight into a cache row or a
+ *                heads-first buffer
  *   ek_swiglu    out = silu(g) * u = g / (1 + exp(-g)) * u                         n values
  *
  * The reference is the model code (edgekit/models/llama.py); results agree to float rounding
@@ -23,6 +26,8 @@ extern "C" {
 int ek_rms_norm(const float* x, const float* w, int64_t R, int64_t D, float eps, float* out);
 int ek_rope_half(const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
                  int64_t hd, float* out);
+int ek_rope_heads(const float* x, const float* cos, const float* sin, int64_t H, int64_t hd, float* out,
+                  int64_t out_stride);
 int ek_swiglu(const float* g, const float* u, int64_t n, float* out);
 
 #ifdef __cplusplus
