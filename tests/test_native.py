@@ -298,23 +298,27 @@ def test_kernel_simd_is_exercised_on_this_cpu(runner):
         pytest.skip(f"no SIMD kernel for {platform.machine()}")
 
 
-def test_kernel_multithreaded_matches_single(runner):
+@pytest.mark.parametrize("bits,N,K,group,act_bits", [(2, 576, 576, 64, None), (2, 577, 576, 64, 8),
+                                                     (4, 203, 896, 32, 8), (8, 97, 320, None, 8)])
+def test_kernel_multithreaded_matches_single(runner, bits, N, K, group, act_bits):
+    """The pool splits rows in fixed blocks per thread (odd sizes, more threads than cores):
+    every row is computed the same way whichever thread takes it, so outputs are bitwise equal."""
     import numpy as np
 
     from edgekit.kernels.cpu import get_num_threads, linear_wq, set_num_threads
 
-    q, scale, zero, _ = _packed_case(2, 576, 576, 64, seed=5)
-    x = np.random.default_rng(0).standard_normal((3, 576)).astype(np.float32)
+    q, scale, zero, _ = _packed_case(bits, N, K, group, seed=5)
+    x = np.random.default_rng(0).standard_normal((3, K)).astype(np.float32)
     before = get_num_threads()
     try:
         set_num_threads(1)
-        y1 = linear_wq(x, q, scale, zero, 2, 64)
-        set_num_threads(2)
-        assert get_num_threads() == 2
-        y2 = linear_wq(x, q, scale, zero, 2, 64)
+        y1 = linear_wq(x, q, scale, zero, bits, group, act_bits=act_bits)
+        for t in (2, 3, 5):
+            set_num_threads(t)
+            assert get_num_threads() == t
+            np.testing.assert_array_equal(linear_wq(x, q, scale, zero, bits, group, act_bits=act_bits), y1)
     finally:
         set_num_threads(before)
-    np.testing.assert_array_equal(y1, y2)  # rows are independent: bitwise identical
 
 
 def test_core_roundtrip_probe(runner):

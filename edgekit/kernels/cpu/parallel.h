@@ -6,7 +6,6 @@
 
 #include <stdint.h>
 
-#include <algorithm>
 
 #ifdef EDGEKIT_USE_ET_THREADPOOL
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -23,8 +22,7 @@ void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
 #ifdef EDGEKIT_USE_ET_THREADPOOL
   const int64_t threads = executorch::extension::get_thread_count();
   if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
-    const int64_t grain = std::max<int64_t>(1, N / (threads * 4));
-    ek::pool_run(N, grain, static_cast<int>(threads),
+    ek::pool_run(N, 1, static_cast<int>(threads),
                  [](void* ctx, int64_t a, int64_t b) { (*static_cast<const F*>(ctx))(a, b); },
                  const_cast<F*>(&f));
     return;

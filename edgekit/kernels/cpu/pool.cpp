@@ -26,88 +26,81 @@ namespace {
 constexpr int64_t kSpinUs = 500;  // how long an idle worker spins before it sleeps
 
 struct Pool {
-  std::vector<std::thread> workers;
-  std::atomic<uint64_t> generation{0};
-  std::atomic<int> pending{0};     // workers still inside the current job
-  // Thread t owns rows [t n / T, (t + 1) n / T) so that each streams one contiguous block; it
-  // takes them `grain` at a time from the front, then helps the others from theirs.
-  struct alignas(64) Range {
-    std::atomic<int64_t> next{0};
-    int64_t end = 0;
-  };
   static constexpr int kMaxThreads = 64;
-  Range ranges[kMaxThreads];
+  // The job and its generation share one cache line: a worker learns that a job started and
+  // what it is from one line transfer.
+  struct alignas(64) Job {
+    std::atomic<uint64_t> generation{0};
+    RangeFn fn = nullptr;
+    void* ctx = nullptr;
+    int64_t n = 0;
+    int threads = 1;  // the caller (index 0) and workers 1 .. threads - 1 take part
+  };
+  // Worker t's last finished generation, on its own line (the caller polls them).
+  struct alignas(64) Done {
+    std::atomic<uint64_t> generation{0};
+  };
+  Job job;
+  Done done[kMaxThreads];
+  std::vector<std::thread> workers;
   std::atomic<int> sleepers{0};
   std::atomic<bool> busy{false};   // a job (or a resize) holds the pool
   std::mutex m;
   std::condition_variable cv;
-  // the current job; written by the caller before `generation` is bumped
-  RangeFn fn = nullptr;
-  void* ctx = nullptr;
-  int64_t n = 0, grain = 1;
-  int threads = 1;  // the caller (index 0) and workers 1 .. threads - 1 take part
 
-  void work(int self) {
-    for (int k = 0; k < threads; ++k) {
-      Range& r = ranges[(self + k) % threads];
-      for (;;) {
-        const int64_t b = r.next.fetch_add(grain, std::memory_order_relaxed);
-        if (b >= r.end) break;
-        fn(ctx, b, std::min(r.end, b + grain));
-      }
-    }
+  // Thread t takes rows [t n / T, (t + 1) n / T) in one call: a fixed split, so nothing is
+  // shared between threads while they work.
+  void work(int self) const {
+    const int64_t b0 = job.n * self / job.threads, b1 = job.n * (self + 1) / job.threads;
+    if (b0 < b1) job.fn(job.ctx, b0, b1);
   }
 
   // `seen` is the generation at creation, read by the caller before it bumps it for the first
   // job this worker must take part in.
   void worker_loop(int index, uint64_t seen) {
     for (;;) {
-      uint64_t g = generation.load(std::memory_order_acquire);
+      uint64_t g = job.generation.load(std::memory_order_acquire);
       if (g == seen) {
         const auto t0 = std::chrono::steady_clock::now();
-        for (int spins = 0; (g = generation.load(std::memory_order_acquire)) == seen; ++spins) {
+        for (int spins = 0; (g = job.generation.load(std::memory_order_acquire)) == seen; ++spins) {
           EK_CPU_RELAX();
           if ((spins & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs)) {
             std::unique_lock<std::mutex> lk(m);
             sleepers.fetch_add(1);  // seq_cst: pairs with the caller's bump-then-check
-            cv.wait(lk, [&] { return generation.load() != seen; });
+            cv.wait(lk, [&] { return job.generation.load() != seen; });
             sleepers.fetch_sub(1);
           }
         }
       }
       seen = g;
-      if (index + 1 < threads) work(index + 1);
-      pending.fetch_sub(1, std::memory_order_acq_rel);
+      if (index + 1 < job.threads) work(index + 1);
+      done[index + 1].generation.store(g, std::memory_order_release);
     }
   }
 
   void resize(int nworkers) {  // only called with `busy` held and no job in flight
     while (static_cast<int>(workers.size()) < nworkers) {
       const int index = static_cast<int>(workers.size());
-      const uint64_t start = generation.load();
+      const uint64_t start = job.generation.load();
+      done[index + 1].generation.store(start, std::memory_order_relaxed);
       workers.emplace_back([this, index, start] { worker_loop(index, start); });
     }
   }
 
-  void run(int64_t n_, int64_t grain_, int threads_, RangeFn fn_, void* ctx_) {
+  void run(int64_t n_, int threads_, RangeFn fn_, void* ctx_) {
     resize(threads_ - 1);
-    fn = fn_;
-    ctx = ctx_;
-    n = n_;
-    grain = grain_;
-    threads = threads_;
-    for (int t = 0; t < threads; ++t) {
-      ranges[t].next.store(n * t / threads, std::memory_order_relaxed);
-      ranges[t].end = n * (t + 1) / threads;
-    }
-    pending.store(static_cast<int>(workers.size()), std::memory_order_relaxed);
-    generation.fetch_add(1);  // seq_cst, then read sleepers: a sleeper either sees it or is woken
+    job.fn = fn_;
+    job.ctx = ctx_;
+    job.n = n_;
+    job.threads = threads_;
+    const uint64_t g = job.generation.fetch_add(1) + 1;  // seq_cst, then read sleepers: a sleeper either sees it or is woken
     if (sleepers.load() > 0) {
       { std::lock_guard<std::mutex> lk(m); }
       cv.notify_all();
     }
     work(0);
-    while (pending.load(std::memory_order_acquire) != 0) EK_CPU_RELAX();
+    for (size_t t = 1; t <= workers.size(); ++t)  // every worker, including ones not in this job
+      while (done[t].generation.load(std::memory_order_acquire) != g) EK_CPU_RELAX();
   }
 };
 
@@ -139,7 +132,7 @@ void pool_run(int64_t n, int64_t grain, int threads, RangeFn fn, void* ctx) {
     fn(ctx, 0, n);  // nested or concurrent call
     return;
   }
-  p->run(n, std::max<int64_t>(1, grain), std::min(threads, static_cast<int>(Pool::kMaxThreads)), fn, ctx);
+  p->run(n, std::min(threads, static_cast<int>(Pool::kMaxThreads)), fn, ctx);
   p->busy.store(false, std::memory_order_release);
 }
 
