@@ -2,8 +2,8 @@
 
 The shared library is built together with the native runner (edgekit.runtime.native) and
 cached; the first call builds it. ``impl`` selects an implementation: ``"auto"``, ``"scalar"``
-(the reference), ``"avx2"``, ``"neon"``, ``"avxvnni"`` and ``"neondot"`` (int8 activations
-only); see :func:`available_impls`.
+(the reference), ``"avx2"``, ``"neon"``, ``"avxvnni"``, ``"avx512vnni"`` and ``"neondot"`` (the
+last three: int8 activations only); see :func:`available_impls`.
 
 Example::
 
@@ -141,8 +141,8 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
         x: float32 (..., K). qweight: uint8 (N, row_bytes). scale, zero: float16 (N, G).
         bits: 2, 3, 4 or 8 (SIMD paths: 2 and 4; with int8 activations 2, 4 and 8).
         group_size: None/0 = per output row.
-        impl: "auto" | "scalar" | "avx2" | "neon" | "avxvnni" | "neondot" (the last two with
-            int8 activations only).
+        impl: "auto" | "scalar" | "avx2" | "neon" | "avxvnni" | "avx512vnni" | "neondot" (the
+            last three with int8 activations only).
         in_features: K (default x.shape[-1]).
         act_bits: None = float activations; 8 = x quantized to int8 per group (wq_linear.h).
     Returns:

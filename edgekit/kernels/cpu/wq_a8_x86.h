@@ -4,6 +4,15 @@
 // DQ, VL and VNNI; EK_AVX512 1: two-row kernels in 512-bit registers), so each copy is compiled
 // for its own instruction set and CPUID picks one at run time. Not a standalone header.
 
+// vpdpbusd on 256 bits: the VEX form (AVX-VNNI) or, in the AVX-512 build, the EVEX form
+// (AVX512-VNNI + VL), so that build also runs on CPUs with AVX512-VNNI but no AVX-VNNI (Ice
+// Lake, Zen 4).
+#if EK_AVX512
+#define EK_DPBUSD256 _mm256_dpbusd_epi32
+#else
+#define EK_DPBUSD256 _mm256_dpbusd_avx_epi32
+#endif
+
 // Sum over code slots j of u * xq for one 32-byte chunk: 8 int32 lanes, lanes 0-3 from the low
 // 16 bytes, 4-7 from the high 16. 2/4 bits: u8 codes x s8 activations with maddubs (pairs,
 // summed over j in int16: at most 2 * CPB * 15 * 127 < 2^15). 8 bits: codes 0..255 would
@@ -26,7 +35,7 @@ EK_TGT inline __m256i chunk_dot(__m256i v, const int8_t* xq) {
     __m256i acc = _mm256_setzero_si256();
     for (int j = 0; j < CPB; ++j) {
       const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
-      acc = _mm256_dpbusd_avx_epi32(acc, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j)));
+      acc = EK_DPBUSD256(acc, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j)));
     }
     return acc;
   } else {
@@ -121,7 +130,7 @@ EK_TGT inline __m256i lone_pair_dot(__m256i v, const int8_t* xq) {
     const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
     const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j)));
     if constexpr (EK_VNNI) {
-      acc = _mm256_dpbusd_avx_epi32(acc, c, x);
+      acc = EK_DPBUSD256(acc, c, x);
     } else {
       acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), _mm256_set1_epi16(1)));
     }
@@ -322,3 +331,4 @@ EK_TGT void rows_avx2_a8(const Shape& s, const A8& a, const uint8_t* qw, const u
     }
   }
 }
+#undef EK_DPBUSD256

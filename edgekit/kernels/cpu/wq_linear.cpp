@@ -489,7 +489,7 @@ namespace a8_vnni {
 #undef EK_AVX512
 }  // namespace a8_vnni
 namespace a8_v512 {
-#define EK_TGT __attribute__((target("avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define EK_TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 #define EK_VNNI 1
 #define EK_AVX512 1
 #include "wq_a8_x86.h"  // NOLINT(build/include)
@@ -510,7 +510,7 @@ bool cpu_has_avxvnni() {  // CPUID leaf 7 subleaf 1, EAX bit 4 (gcc 12 cannot qu
 
 // libgcc's checks include the OS saving the zmm state (XCR0).
 bool cpu_has_avx512vnni() {
-  static const bool ok = cpu_has_avxvnni() && __builtin_cpu_supports("avx512f") &&
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   return ok;
@@ -571,7 +571,7 @@ double time_calls(int iters, const F& call) {
   return dt.count() / iters;
 }
 
-// EDGEKIT_A8_IMPL=scalar|avx2|avxvnni|neon|neondot overrides the automatic pick (for A/B
+// EDGEKIT_A8_IMPL=scalar|avx2|avxvnni|avx512vnni|neon|neondot overrides the automatic pick (for A/B
 // benchmarks of whole programs); a name this CPU or shape cannot run is ignored.
 int forced_a8(const Shape& s) {
   static const int forced = [] {
