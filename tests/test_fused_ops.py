@@ -41,20 +41,35 @@ def _inputs(T: int, start: int, seed: int):
     return (torch.randn(1, T, W, generator=g), cos, sin, pos, mask, torch.randn(1, T, 2 * F, generator=g) * 3)
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory):
+class _QkvOnly(nn.Module):
+    """qkv_attn alone: a refusal can only come from its own checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.zeros(1, KV, S, HD))
+        self.register_buffer("v", torch.zeros(1, KV, S, HD))
+
+    def forward(self, qkv, cos, sin, input_pos, mask, gate_up):
+        return torch.ops.edgekit.qkv_attn(qkv, cos, sin, self.k, self.v, input_pos, mask, H), gate_up
+
+
+def _load(module: nn.Module, path):
     import edgekit.kernels.ops as kops
     from executorch.exir import EdgeCompileConfig, to_edge
     from executorch.runtime import Runtime
 
     T = torch.export.Dim("T", min=1, max=4)
     dyn = ({1: T}, {0: T}, {0: T}, {0: T}, {0: T}, {1: T})
-    ep = torch.export.export(_Fused(), _inputs(3, 0, 0), dynamic_shapes=dyn)
+    ep = torch.export.export(module, _inputs(3, 0, 0), dynamic_shapes=dyn)
     et = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
-    path = tmp_path_factory.mktemp("fused") / "fused.pte"
     path.write_bytes(et.buffer)
     kops.load_et_kernels()
     return Runtime.get().load_program(str(path)).load_method("forward")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    return _load(_Fused(), tmp_path_factory.mktemp("fused") / "fused.pte")
 
 
 def test_fused_ops_match_references_and_unfused_ops_across_prefill_and_decode(program):
@@ -77,8 +92,12 @@ def test_fused_ops_match_references_and_unfused_ops_across_prefill_and_decode(pr
     assert ref.kf[:, :, :5].abs().sum() > 0 and not ref.kf[:, :, 5:].any()
 
 
-def test_qkv_attn_refuses_a_position_outside_the_cache(program):
-    args = list(_inputs(1, 0, 4))
+def test_qkv_attn_refuses_a_position_outside_the_cache(tmp_path):
+    import edgekit.kernels.ops  # noqa: F401
+
+    method = _load(_QkvOnly(), tmp_path / "qkv.pte")
+    args = list(_inputs(1, S - 1, 4))
+    assert method.execute(args)[0].shape == (1, 1, H * HD)  # the last slot is fine
     args[3] = torch.tensor([S])  # one past the last slot
     with pytest.raises(RuntimeError):
-        program.execute(args)
+        method.execute(args)

@@ -6,7 +6,7 @@ dequantization on every call. For export, each packed linear is swapped, for the
 
 - ExecuTorch (``lowered_for_executorch``): ``edgekit::linear_w{2,3,4,8}[a8]`` (edgekit/kernels/ops.py;
   the C++ kernels in edgekit/kernels/cpu: AVX2/NEON for 2 and 4 bits, scalar for 3 and 8; with
-  int8 activations AVX2 for 2, 4 and 8). The packed buffers go into the .pte unchanged, except
+  int8 activations AVX2, AVX-VNNI, AVX-512 VNNI and NEON (SDOT) for 2, 4 and 8). The packed buffers go into the .pte unchanged, except
   that siblings reading one input (wq/wk/wv, w1/w3) are stacked into one call (``_FusedSlice``);
   XNNPACK takes everything else.
 - ONNX (``lowered_for_onnx``): onnxruntime's ``com.microsoft::MatMulNBits`` through a

@@ -205,7 +205,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    edgekit_ops = False  # True: one edgekit::swiglu call (see Attention.edgekit_ops)
+    # True: one edgekit::swiglu call, or swiglu_gu on a fused w1|w3 group (see Attention.edgekit_ops)
+    edgekit_ops = False
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()

@@ -44,6 +44,19 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 
+bool all_float(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->scalar_type() != ScalarType::Float) return false;
+  return true;
+}
+
+bool same_shape(const Tensor& a, const Tensor& b) {
+  if (a.dim() != b.dim()) return false;
+  for (ssize_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) != b.size(d)) return false;
+  return true;
+}
+
 template <int BITS, bool A8 = false>
 Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
                       const Tensor& scale, const Tensor& zero, int64_t group_size,
@@ -137,7 +150,7 @@ Tensor& attend(KernelRuntimeContext& ctx, const char* op, const float* q, int64_
                       InvalidArgument, out, "edgekit::%s: caches must be [1, heads, seq, hd], mask 2-D", op);
   const int64_t KV = k_cache.size(1), S = k_cache.size(2);
   ET_KERNEL_CHECK_MSG(ctx, k_cache.size(3) == hd && v_cache.size(1) == KV && v_cache.size(2) == S &&
-                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && H % KV == 0,
+                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && KV > 0 && H % KV == 0,
                       InvalidArgument, out, "edgekit::%s: shapes do not agree", op);
   const std::array<SizesType, 3> sizes{1, static_cast<SizesType>(T), static_cast<SizesType>(H * hd)};
   ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
@@ -196,6 +209,12 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
                            k_cache.size(3) == hd && v_cache.size(1) == KV &&
                            v_cache.size(2) == S && v_cache.size(3) == hd,
                       InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches do not agree");
+  // everything attend() checks, checked before the caches are written
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && q.size(0) == 1 && KV > 0 && q.size(1) % KV == 0 &&
+                           k_cache.size(0) == 1 && all_float({&mask, &out}) && mask.dim() == 2 &&
+                           mask.size(0) == T && mask.size(1) == S,
+                      InvalidArgument, out,
+                      "edgekit::sdpa_kv: q must be float32 [1, H, T, hd] (H a multiple of KV), mask float32 [T, S]");
   if (!positions_ok(ctx, "sdpa_kv", input_pos, T, S)) return out;
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
   const float* kp = k.const_data_ptr<float>();
@@ -212,9 +231,6 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
   return sdpa_cache_out(ctx, q, k_cache, v_cache, mask, out);
 }
 
-bool all_float(std::initializer_list<const Tensor*> ts);
-bool same_shape(const Tensor& a, const Tensor& b);
-
 // edgekit::qkv_attn: from the fused q|k|v projection to the attention output in one call (what
 // took two rope, three slice and three view ops and an sdpa_kv). qkv [1, T, (H + 2 KV) hd]
 // float32 (rows q heads, k heads, v heads); cos, sin [T, hd]; caches [1, KV, S, hd] written in
@@ -230,11 +246,18 @@ Tensor& qkv_attn_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor&
                       "edgekit::qkv_attn: qkv must be float32 [1, T, width], caches 4-D, cos/sin [T, hd]");
   const int64_t T = qkv.size(1), W = qkv.size(2), H = n_heads;
   const int64_t KV = k_cache.size(1), S = k_cache.size(2), hd = k_cache.size(3);
-  ET_KERNEL_CHECK_MSG(ctx, H > 0 && W == (H + 2 * KV) * hd && cos.size(0) == T && cos.size(1) == hd &&
-                           sin.size(0) == T && sin.size(1) == hd && same_shape(k_cache, v_cache),
+  ET_KERNEL_CHECK_MSG(ctx, H > 0 && KV > 0 && H % KV == 0 && hd > 0 && hd % 2 == 0 && k_cache.size(0) == 1 &&
+                           same_shape(k_cache, v_cache),
+                      InvalidArgument, out,
+                      "edgekit::qkv_attn: caches must be [1, KV, S, hd] with hd even and n_heads a multiple of KV");
+  ET_KERNEL_CHECK_MSG(ctx, W == (H + 2 * KV) * hd && cos.size(0) == T && cos.size(1) == hd &&
+                           sin.size(0) == T && sin.size(1) == hd,
                       InvalidArgument, out, "edgekit::qkv_attn: qkv width %lld is not (%lld + 2 x %lld) x %lld",
                       static_cast<long long>(W), static_cast<long long>(H), static_cast<long long>(KV),
                       static_cast<long long>(hd));
+  // everything attend() checks, checked before the caches are written
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&mask, &out}) && mask.dim() == 2 && mask.size(0) == T && mask.size(1) == S,
+                      InvalidArgument, out, "edgekit::qkv_attn: mask must be float32 [T, S], out float32");
   if (!positions_ok(ctx, "qkv_attn", input_pos, T, S)) return out;
   thread_local std::vector<float> qbuf;
   try {
@@ -250,25 +273,13 @@ Tensor& qkv_attn_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor&
   float* vc = v_cache.mutable_data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
     const float* row = x + t * W;
-    ek_rope_heads(row, cp + t * hd, sp + t * hd, H, hd, qbuf.data() + t * hd, T * hd);
-    ek_rope_heads(row + H * hd, cp + t * hd, sp + t * hd, KV, hd, kc + pos[t] * hd, S * hd);
+    const int st = ek_rope_heads(row, cp + t * hd, sp + t * hd, H, hd, qbuf.data() + t * hd, T * hd) |
+                   ek_rope_heads(row + H * hd, cp + t * hd, sp + t * hd, KV, hd, kc + pos[t] * hd, S * hd);
+    ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, InvalidArgument, out, "edgekit::qkv_attn: RoPE failed");
     for (int64_t h = 0; h < KV; ++h)
       std::memcpy(vc + (h * S + pos[t]) * hd, row + (H + KV + h) * hd, static_cast<size_t>(hd) * sizeof(float));
   }
   return attend(ctx, "qkv_attn", qbuf.data(), H, T, hd, k_cache, v_cache, mask, out);
-}
-
-bool all_float(std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts)
-    if (t->scalar_type() != ScalarType::Float) return false;
-  return true;
-}
-
-bool same_shape(const Tensor& a, const Tensor& b) {
-  if (a.dim() != b.dim()) return false;
-  for (ssize_t d = 0; d < a.dim(); ++d)
-    if (a.size(d) != b.size(d)) return false;
-  return true;
 }
 
 // x [..., D], weight [D]; out like x.

@@ -15,7 +15,7 @@
 
 namespace ek {
 
-// f(begin, end) over [0, N) in chunks; work_per_row (multiply-adds) decides whether waking the
+// f(begin, end) over [0, N), one block of rows per thread (pool.h); work_per_row (multiply-adds) decides whether waking the
 // pool pays: below ~64K multiply-adds in all it costs more than it saves.
 template <class F>
 void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {

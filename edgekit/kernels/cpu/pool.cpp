@@ -27,23 +27,27 @@ constexpr int64_t kSpinUs = 500;  // how long an idle worker spins before it sle
 
 struct Pool {
   static constexpr int kMaxThreads = 64;
-  // The job and its generation share one cache line: a worker learns that a job started and
-  // what it is from one line transfer.
+  // The job's word: its generation << 8 | its thread count, so a worker learns from one load
+  // whether it takes part. Only a participant reads the rest of the job, which shares the word's
+  // cache line (one transfer tells it everything), and only participants are waited for: a
+  // worker outside the job (an earlier call used more threads) never holds it up, and the job
+  // is not rewritten until every participant has finished reading it.
   struct alignas(64) Job {
-    std::atomic<uint64_t> generation{0};
+    std::atomic<uint64_t> word{0};
     RangeFn fn = nullptr;
     void* ctx = nullptr;
     int64_t n = 0;
     int threads = 1;  // the caller (index 0) and workers 1 .. threads - 1 take part
   };
-  // Worker t's last finished generation, on its own line (the caller polls them).
+  // Worker t's last finished job word, and whether it sleeps, on its own line (the caller polls
+  // them for the job's participants only).
   struct alignas(64) Done {
-    std::atomic<uint64_t> generation{0};
+    std::atomic<uint64_t> word{0};
+    std::atomic<bool> asleep{false};
   };
   Job job;
   Done done[kMaxThreads];
   std::vector<std::thread> workers;
-  std::atomic<int> sleepers{0};
   std::atomic<bool> busy{false};   // a job (or a resize) holds the pool
   std::mutex m;
   std::condition_variable cv;
@@ -55,35 +59,51 @@ struct Pool {
     if (b0 < b1) job.fn(job.ctx, b0, b1);
   }
 
-  // `seen` is the generation at creation, read by the caller before it bumps it for the first
-  // job this worker must take part in.
-  void worker_loop(int index, uint64_t seen) {
+  static bool takes_part(int self, uint64_t w) { return self < static_cast<int>(w & 0xff); }
+
+  // Sleep until a job after `seen` that includes worker `self` is published.
+  void sleep_until_needed(int self, uint64_t seen) {
+    std::unique_lock<std::mutex> lk(m);
+    done[self].asleep.store(true);  // seq_cst: pairs with the caller's publish-then-check
+    cv.wait(lk, [&] {
+      const uint64_t w = job.word.load();
+      return w != seen && takes_part(self, w);
+    });
+    done[self].asleep.store(false, std::memory_order_relaxed);
+  }
+
+  // Worker `self` (1 ..): spins on the job word for up to kSpinUs after its last job, then
+  // sleeps. A job it is not part of sends it to sleep at once: it never spins on a core the
+  // job's threads need. `seen` is the job word at creation, read by the caller before it
+  // publishes the first job this worker may take part in.
+  void worker_loop(int self, uint64_t seen) {
     for (;;) {
-      uint64_t g = job.generation.load(std::memory_order_acquire);
-      if (g == seen) {
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int spins = 0; (g = job.generation.load(std::memory_order_acquire)) == seen; ++spins) {
-          EK_CPU_RELAX();
-          if ((spins & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs)) {
-            std::unique_lock<std::mutex> lk(m);
-            sleepers.fetch_add(1);  // seq_cst: pairs with the caller's bump-then-check
-            cv.wait(lk, [&] { return job.generation.load() != seen; });
-            sleepers.fetch_sub(1);
-          }
+      uint64_t w = job.word.load(std::memory_order_acquire);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int spins = 0; w == seen; w = job.word.load(std::memory_order_acquire)) {
+        EK_CPU_RELAX();
+        if ((++spins & 255) == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs)) {
+          sleep_until_needed(self, seen);
+          w = job.word.load(std::memory_order_acquire);
+          break;
         }
       }
-      seen = g;
-      if (index + 1 < job.threads) work(index + 1);
-      done[index + 1].generation.store(g, std::memory_order_release);
+      if (w == seen) continue;
+      seen = w;
+      if (takes_part(self, w)) {
+        work(self);
+        done[self].word.store(w, std::memory_order_release);
+      } else {
+        sleep_until_needed(self, seen);
+      }
     }
   }
 
   void resize(int nworkers) {  // only called with `busy` held and no job in flight
     while (static_cast<int>(workers.size()) < nworkers) {
       const int index = static_cast<int>(workers.size());
-      const uint64_t start = job.generation.load();
-      done[index + 1].generation.store(start, std::memory_order_relaxed);
-      workers.emplace_back([this, index, start] { worker_loop(index, start); });
+      const uint64_t start = job.word.load();
+      workers.emplace_back([this, index, start] { worker_loop(index + 1, start); });
     }
   }
 
@@ -93,14 +113,17 @@ struct Pool {
     job.ctx = ctx_;
     job.n = n_;
     job.threads = threads_;
-    const uint64_t g = job.generation.fetch_add(1) + 1;  // seq_cst, then read sleepers: a sleeper either sees it or is woken
-    if (sleepers.load() > 0) {
+    const uint64_t w = ((job.word.load(std::memory_order_relaxed) >> 8) + 1) << 8 | static_cast<uint64_t>(threads_);
+    job.word.store(w);  // seq_cst, then read the participants' sleep flags: a sleeper sees it or is woken
+    bool wake = false;
+    for (int t = 1; t < threads_; ++t) wake = wake || done[t].asleep.load();
+    if (wake) {
       { std::lock_guard<std::mutex> lk(m); }
       cv.notify_all();
     }
     work(0);
-    for (size_t t = 1; t <= workers.size(); ++t)  // every worker, including ones not in this job
-      while (done[t].generation.load(std::memory_order_acquire) != g) EK_CPU_RELAX();
+    for (int t = 1; t < threads_; ++t)
+      while (done[t].word.load(std::memory_order_acquire) != w) EK_CPU_RELAX();
   }
 };
 

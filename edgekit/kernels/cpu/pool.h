@@ -4,7 +4,8 @@
 // starting and ending a region matters. The workers stay awake between regions: they spin on a
 // generation counter for up to kSpinUs after each job and only then sleep on a condition
 // variable. The job's description shares the counter's cache line, and each worker reports
-// completion on its own line. Thread t takes rows [t n / T, (t + 1) n / T) in one call: no shared
+// completion on its own line. A worker outside a job (an earlier call used more threads) sleeps
+// until a job needs it and is never waited for. Thread t takes rows [t n / T, (t + 1) n / T) in one call: no shared
 // counters while working (so no cache-line transfers between cores mid-region).
 //
 // Measured on the 2-core VM (whose two vCPUs are sometimes ~80 ns and sometimes ~360 ns apart):

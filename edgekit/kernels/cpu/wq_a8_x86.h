@@ -141,7 +141,9 @@ EK_TGT inline __m256i lone_pair_dot(__m256i v, const int8_t* xq) {
 // The float accumulators of a row pair. AVX2: one register per row. AVX-512: both rows in one
 // register (lanes 0-7 row 0, 8-15 row 1), so each chunk takes one shift / and / vpdpbusd /
 // convert / FMA per code slot for both rows instead of two. Each row keeps the same lanes and the
-// same order of operations either way, so the two give bit-identical results.
+// same order of operations either way, so the two give bit-identical results. (2-bit rows are
+// paired in every build, so w2 is bit-identical across AVX2, AVX-VNNI and AVX-512; 4-bit rows are
+// paired only in the AVX-512 build and differ from the one-row kernel by float rounding.)
 // (No member initializers: a constructor would not be compiled for EK_TGT.)
 #if EK_AVX512
 struct PairF {
