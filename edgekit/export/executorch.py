@@ -138,8 +138,26 @@ def delegation_stats(edge) -> dict[str, int]:
             "portable_ops": dict(sorted(outside.items(), key=lambda kv: -kv[1]))}
 
 
-def serialize(edge, path: Path) -> int:
-    """``to_executorch`` with zero-initialised KV buffers; writes ``path``, returns its size."""
+def program_op_calls(et, method: str = "forward", prefix: str = "edgekit::") -> dict[str, int]:
+    """Kernel calls per operator name (``prefix`` ones) in ``method`` of a serialized ExecuTorch
+    program: what the runtime will run, read from the program itself (not from the Python model
+    the export started from, so a silent fallback to another op shows up)."""
+    calls: dict[str, int] = {}
+    for plan in et.executorch_program.execution_plan:
+        if plan.name != method:
+            continue
+        for chain in plan.chains:
+            for ins in chain.instructions:
+                if type(ins.instr_args).__name__ == "KernelCall":
+                    name = plan.operators[ins.instr_args.op_index].name
+                    if name.startswith(prefix):
+                        calls[name] = calls.get(name, 0) + 1
+    return calls
+
+
+def serialize(edge, path: Path) -> tuple[int, dict[str, int]]:
+    """``to_executorch`` with zero-initialised KV buffers; writes ``path``, returns its size and
+    its forward's edgekit kernel calls (``program_op_calls``)."""
     from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
@@ -149,7 +167,7 @@ def serialize(edge, path: Path) -> int:
         passes=[InitializedMutableBufferPass(["k_cache", "v_cache"])],
         run_reinplace_pass=True))  # index_put on the cache -> index_put_ (no cache copy per call))
     path.write_bytes(et.buffer)
-    return path.stat().st_size
+    return path.stat().st_size, program_op_calls(et)
 
 
 def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
@@ -186,7 +204,7 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
                 log(f"  xnnpack: {stats['delegated_nodes']}/{stats['total_nodes']} ops delegated in "
                     f"{stats['delegate_calls']} delegate calls; portable: {stats['portable_ops']}")
             with stage("serialize[executorch]"):
-                size = serialize(edge, path)
+                size, calls = serialize(edge, path)
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
         raise InternalError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "rerun with EDGEKIT_DEBUG=1 and report it") from e
@@ -196,6 +214,7 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
             "methods": ["forward", *constant_methods(args, max_chunk)],
             "inputs": {"tokens": "int64 [1, T]", "input_pos": "int64 [T]"},
             "outputs": {"logits": "float32 [1, T, V]"}, "dynamic_T": [1, max_chunk],
-            # custom ops the runtime must register before loading (edgekit.kernels.ops.load_et_kernels)
-            "custom_ops": sorted(qlow["ops"]), "custom_op_calls": sum(qlow["ops"].values()),
+            # custom ops the runtime must register before loading (edgekit.kernels.ops.load_et_kernels),
+            # as the serialized program calls them
+            "custom_ops": sorted(calls), "custom_op_calls": sum(calls.values()),
             "fused_linear_groups": qlow["fused_groups"], **stats}

@@ -88,13 +88,14 @@ def export_executorch_tree(model: torch.nn.Module, path: str | Path, max_chunk: 
                 partitioner=partitioners(qlow.get("elementwise", False)),
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
                 constant_methods=constant_methods(args, max_chunk))
-            from edgekit.export.executorch import delegation_stats
+            from edgekit.export.executorch import delegation_stats, program_op_calls
 
             stats = delegation_stats(edge)  # of forward
             et = edge.to_executorch(ExecutorchBackendConfig(
                 passes=[InitializedMutableBufferPass(["k_cache", "v_cache"])], run_reinplace_pass=True,
                 memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True)))
             path.write_bytes(et.buffer)
+            calls = program_op_calls(et)  # of forward (verify_tree runs the same ops)
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
         raise InternalError(f"ExecuTorch tree export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "rerun with EDGEKIT_DEBUG=1 and report it") from e
@@ -111,4 +112,4 @@ def export_executorch_tree(model: torch.nn.Module, path: str | Path, max_chunk: 
             "tree_methods": {"verify_tree": "(tokens int64 [1, T], input_pos int64 [T], attn_mask bool [T, S], "
                                              "rope_pos int64 [T]) -> logits float32 [1, T, V]",
                              "compact": "(src int64 [N], dst int64 [N]) -> dst", "shared_kv": True},
-            "custom_ops": sorted(qlow["ops"]), **stats}
+            "custom_ops": sorted(calls), **stats}
