@@ -1,7 +1,7 @@
 """edgekit::qkv_attn and edgekit::swiglu_gu (the ops a quantized program calls on its fused q|k|v
 and w1|w3 projections) in the ExecuTorch runtime, against their torch references and against
 the unfused ops they replace (rope, rope, sdpa_kv; swiglu), including the cache state a prefill
-leaves for the next decode step, and a bad cache position refused by the C++ op.
+leaves for the next decode step, and a bad cache position and an odd head dim refused by the C++ op.
 """
 
 from __future__ import annotations
@@ -32,35 +32,37 @@ class _Fused(nn.Module):
         return fused, unfused, ops.swiglu_gu(gate_up), ops.swiglu(gate, up)
 
 
-def _inputs(T: int, start: int, seed: int):
+def _inputs(T: int, start: int, seed: int, hd: int = HD):
     g = torch.Generator().manual_seed(seed)
-    ang = torch.rand(T, HD // 2, generator=g) * 6
-    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    ang = torch.rand(T, hd - hd // 2, generator=g) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, -1)[:, :hd], torch.cat([ang.sin()] * 2, -1)[:, :hd]
     pos = torch.arange(start, start + T)
     mask = torch.where(torch.arange(S)[None, :] <= pos[:, None], 0.0, float("-inf"))
-    return (torch.randn(1, T, W, generator=g), cos, sin, pos, mask, torch.randn(1, T, 2 * F, generator=g) * 3)
+    return (torch.randn(1, T, (H + 2 * KV) * hd, generator=g), cos, sin, pos, mask,
+            torch.randn(1, T, 2 * F, generator=g) * 3)
 
 
 class _QkvOnly(nn.Module):
     """qkv_attn alone: a refusal can only come from its own checks."""
 
-    def __init__(self) -> None:
+    def __init__(self, hd: int = HD) -> None:
         super().__init__()
-        self.register_buffer("k", torch.zeros(1, KV, S, HD))
-        self.register_buffer("v", torch.zeros(1, KV, S, HD))
+        self.hd = hd
+        self.register_buffer("k", torch.zeros(1, KV, S, hd))
+        self.register_buffer("v", torch.zeros(1, KV, S, hd))
 
     def forward(self, qkv, cos, sin, input_pos, mask, gate_up):
         return torch.ops.edgekit.qkv_attn(qkv, cos, sin, self.k, self.v, input_pos, mask, H), gate_up
 
 
-def _load(module: nn.Module, path):
+def _load(module: nn.Module, path, hd: int = HD):
     import edgekit.kernels.ops as kops
     from executorch.exir import EdgeCompileConfig, to_edge
     from executorch.runtime import Runtime
 
     T = torch.export.Dim("T", min=1, max=4)
     dyn = ({1: T}, {0: T}, {0: T}, {0: T}, {0: T}, {1: T})
-    ep = torch.export.export(module, _inputs(3, 0, 0), dynamic_shapes=dyn)
+    ep = torch.export.export(module, _inputs(3, 0, 0, hd), dynamic_shapes=dyn)
     et = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
     path.write_bytes(et.buffer)
     kops.load_et_kernels()
@@ -101,3 +103,13 @@ def test_qkv_attn_refuses_a_position_outside_the_cache(tmp_path):
     args[3] = torch.tensor([S])  # one past the last slot
     with pytest.raises(RuntimeError):
         method.execute(args)
+
+
+def test_qkv_attn_refuses_an_odd_head_dim(tmp_path):
+    """Half-split RoPE needs an even head dim: the op refuses an odd one (it used to skip RoPE and
+    attend anyway) instead of returning wrong numbers."""
+    import edgekit.kernels.ops  # noqa: F401
+
+    method = _load(_QkvOnly(hd=15), tmp_path / "odd.pte", hd=15)
+    with pytest.raises(RuntimeError):
+        method.execute(list(_inputs(1, 0, 5, hd=15)))
