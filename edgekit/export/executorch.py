@@ -198,13 +198,13 @@ def export_executorch(model: torch.nn.Module, path: str | Path, max_chunk: int,
             with stage("lower[executorch]"):
                 edge = lower(ep, args, max_chunk, linears_only=qlow.get("elementwise", False))
                 stats = delegation_stats(edge)
-            if log and qlow["ops"]:
-                log(f"  custom ops: {qlow['ops']}")
             if log:
                 log(f"  xnnpack: {stats['delegated_nodes']}/{stats['total_nodes']} ops delegated in "
                     f"{stats['delegate_calls']} delegate calls; portable: {stats['portable_ops']}")
             with stage("serialize[executorch]"):
                 size, calls = serialize(edge, path)
+            if log and calls:
+                log(f"  custom ops: {calls}")
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
         raise InternalError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "rerun with EDGEKIT_DEBUG=1 and report it") from e

@@ -187,41 +187,31 @@ def _fused(model: nn.Module) -> Iterator[int]:
 @contextmanager
 def lowered_for_executorch(model: nn.Module, fuse: bool = True) -> Iterator[dict[str, Any]]:
     """Swap packed linears for ``edgekit::linear_w*`` calls (sibling groups fused, see
-    ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, attention for
-    ``edgekit::sdpa_kv`` calls (cache writes + attention) and norms / RoPE / SwiGLU for ``edgekit::rms_norm`` / ``rope``
-    / ``swiglu`` (``qkv_attn`` / ``swiglu_gu`` on fused groups); yields ``{ops, n_linears, fused_groups, elementwise}`` for the manifest
-    (``ops`` counts calls in the program, empty when the model has no packed linears;
-    ``elementwise``: the last three were swapped in, so XNNPACK should take only float linears,
-    see edgekit.export.executorch.partitioners)."""
-    from edgekit.models.llama import Attention, FeedForward, RMSNorm
+    ``_FusedSlice``, unless ``fuse`` is False) and, when there are any, set the model's
+    ``cache_sdpa`` / ``edgekit_ops`` flags so that attention, norms, RoPE and SwiGLU call edgekit's
+    ops too (``qkv_attn`` / ``swiglu_gu`` on fused groups, else ``sdpa_kv``, ``rope``, ``swiglu``;
+    ``rms_norm``); yields ``{ops, fused_groups, elementwise}`` (``ops``: the linear op calls, empty
+    when the model has no packed linears; the exported program's own op list is read back from it,
+    ``edgekit.export.executorch.program_op_calls``; ``elementwise``: the flags were set, so XNNPACK
+    should take only float linears, see edgekit.export.executorch.partitioners)."""
     with (_fused(model) if fuse else nullcontext(0)) as n_groups:
         ops: dict[str, int] = {}
         for _, m in model.named_modules():
             if isinstance(m, (_PackedLinear, ETPackedLinear)):
                 name = f"edgekit::{et_op_name(m) if isinstance(m, _PackedLinear) else m.op_name}"
                 ops[name] = ops.get(name, 0) + 1
-        n_linears = sum(ops.values())
-        # A program that needs edgekit's kernels anyway also takes its attention op, which
-        # writes the KV cache too (edgekit::sdpa_kv: Attention.forward with edgekit_ops).
+        # A program that needs edgekit's kernels anyway also takes its attention op (which writes
+        # the KV cache too) and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two
+        # linears); which ops each module then calls is decided in edgekit.models.llama.
         attn = [m for m in model.modules() if hasattr(m, "cache_sdpa")] if ops else []
-        # ... and its norms, RoPE and SwiGLU (no XNNPACK delegate call between two linears);
-        # a fused q|k|v group takes RoPE, cache writes and attention in one edgekit::qkv_attn,
-        # a fused w1|w3 group edgekit::swiglu_gu (no slices of the stacked output)
         ew = [m for m in model.modules() if hasattr(m, "edgekit_ops")] if attn else []
-        for m in ew:
-            fused = isinstance(getattr(m, "wq", getattr(m, "w1", None)), _FusedSlice)
-            calls = ([("rms_norm", 1)] if isinstance(m, RMSNorm)
-                     else ([("qkv_attn", 1)] if fused else [("sdpa_kv", 1), ("rope", 2)]) if isinstance(m, Attention)
-                     else ([("swiglu_gu", 1)] if fused else [("swiglu", 1)]) if isinstance(m, FeedForward) else [])
-            for name, n in calls:
-                ops[f"edgekit::{name}"] = ops.get(f"edgekit::{name}", 0) + n
         try:
             for m in attn:
                 m.cache_sdpa = True
             for m in ew:
                 m.edgekit_ops = True
             with _swapped(model, ETPackedLinear):
-                yield {"ops": ops, "n_linears": n_linears, "fused_groups": n_groups, "elementwise": bool(ew)}
+                yield {"ops": ops, "fused_groups": n_groups, "elementwise": bool(ew)}
         finally:
             for m in attn:
                 m.cache_sdpa = False

@@ -139,25 +139,34 @@ EK_A8_OP(4)
 EK_A8_OP(8)
 #undef EK_A8_OP
 
-// Attention of q (float32 [H, T, hd], contiguous) over the caches [1, KV, S, hd]; mask [T, S];
-// out resized to [1, T, H * hd]. `op` names the calling op in messages.
+// What attend() needs, checked by every attention op before it writes anything: caches float32
+// [1, KV, S, hd] of one shape with KV dividing H, mask float32 [T, S], out float32.
+bool attend_args_ok(KernelRuntimeContext& ctx, const char* op, int64_t H, int64_t T, int64_t hd,
+                    const Tensor& k_cache, const Tensor& v_cache, const Tensor& mask, const Tensor& out) {
+  const bool ok = all_float({&k_cache, &v_cache, &mask, &out}) && k_cache.dim() == 4 && mask.dim() == 2 &&
+                  same_shape(k_cache, v_cache) && k_cache.size(0) == 1 && k_cache.size(1) > 0 &&
+                  H > 0 && H % k_cache.size(1) == 0 && hd > 0 && k_cache.size(3) == hd && mask.size(0) == T &&
+                  mask.size(1) == k_cache.size(2);
+  if (!ok) {
+    ET_LOG(Error, "edgekit::%s: caches must be float32 [1, KV, S, %lld] with KV dividing %lld heads, "
+           "mask float32 [%lld, S], out float32", op, static_cast<long long>(hd), static_cast<long long>(H),
+           static_cast<long long>(T));
+    ctx.fail(Error::InvalidArgument);
+  }
+  return ok;
+}
+
+// Attention of q (float32 [H, T, hd], contiguous) over the caches; out resized to [1, T, H * hd].
+// The arguments passed attend_args_ok. `op` names the calling op in messages.
 Tensor& attend(KernelRuntimeContext& ctx, const char* op, const float* q, int64_t H, int64_t T, int64_t hd,
                const Tensor& k_cache, const Tensor& v_cache, const Tensor& mask, Tensor& out) {
-  for (const Tensor* t : {&k_cache, &v_cache, &mask, const_cast<const Tensor*>(&out)})
-    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, out,
-                        "edgekit::%s: all tensors must be float32", op);
-  ET_KERNEL_CHECK_MSG(ctx, k_cache.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2 && k_cache.size(0) == 1,
-                      InvalidArgument, out, "edgekit::%s: caches must be [1, heads, seq, hd], mask 2-D", op);
-  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
-  ET_KERNEL_CHECK_MSG(ctx, k_cache.size(3) == hd && v_cache.size(1) == KV && v_cache.size(2) == S &&
-                           v_cache.size(3) == hd && mask.size(0) == T && mask.size(1) == S && KV > 0 && H % KV == 0,
-                      InvalidArgument, out, "edgekit::%s: shapes do not agree", op);
   const std::array<SizesType, 3> sizes{1, static_cast<SizesType>(T), static_cast<SizesType>(H * hd)};
   ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
                       InvalidArgument, out, "edgekit::%s: cannot resize out", op);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));  // as the model
-  const int st = ek_sdpa_cache(q, H, T, hd, k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), KV, S,
-                               mask.const_data_ptr<float>(), scale, out.mutable_data_ptr<float>());
+  const int st = ek_sdpa_cache(q, H, T, hd, k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(),
+                               k_cache.size(1), k_cache.size(2), mask.const_data_ptr<float>(), scale,
+                               out.mutable_data_ptr<float>());
   ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::%s: %s", op, ek_status_str(st));
   return out;
 }
@@ -168,8 +177,9 @@ Tensor& sdpa_cache_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor&
                        const Tensor& v_cache, const Tensor& mask, Tensor& out) {
   ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && q.dim() == 4 && q.size(0) == 1, InvalidArgument,
                       out, "edgekit::sdpa_cache: q must be float32 [1, heads, seq, hd]");
-  return attend(ctx, "sdpa_cache", q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3), k_cache, v_cache,
-                mask, out);
+  const int64_t H = q.size(1), T = q.size(2), hd = q.size(3);
+  if (!attend_args_ok(ctx, "sdpa_cache", H, T, hd, k_cache, v_cache, mask, out)) return out;
+  return attend(ctx, "sdpa_cache", q.const_data_ptr<float>(), H, T, hd, k_cache, v_cache, mask, out);
 }
 
 // input_pos int64 [T] with every slot in [0, S).
@@ -198,23 +208,14 @@ bool positions_ok(KernelRuntimeContext& ctx, const char* op, const Tensor& input
 Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                     Tensor& k_cache, Tensor& v_cache, const Tensor& input_pos, const Tensor& mask,
                     Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, k.scalar_type() == ScalarType::Float && v.scalar_type() == ScalarType::Float &&
-                           k_cache.scalar_type() == ScalarType::Float && v_cache.scalar_type() == ScalarType::Float,
-                      InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4,
-                      InvalidArgument, out, "edgekit::sdpa_kv: q, k, v and the caches must be 4-D");
-  const int64_t T = q.size(2), hd = q.size(3), KV = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&q, &k, &v}) && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(0) == 1,
+                      InvalidArgument, out, "edgekit::sdpa_kv: q, k and v must be float32 and 4-D");
+  const int64_t H = q.size(1), T = q.size(2), hd = q.size(3);
+  if (!attend_args_ok(ctx, "sdpa_kv", H, T, hd, k_cache, v_cache, mask, out)) return out;
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
   ET_KERNEL_CHECK_MSG(ctx, k.size(0) == 1 && k.size(1) == KV && k.size(2) == T && k.size(3) == hd &&
-                           v.size(0) == 1 && v.size(1) == T && v.size(2) == KV && v.size(3) == hd &&
-                           k_cache.size(3) == hd && v_cache.size(1) == KV &&
-                           v_cache.size(2) == S && v_cache.size(3) == hd,
-                      InvalidArgument, out, "edgekit::sdpa_kv: k, v and the caches do not agree");
-  // everything attend() checks, checked before the caches are written
-  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && q.size(0) == 1 && KV > 0 && q.size(1) % KV == 0 &&
-                           k_cache.size(0) == 1 && all_float({&mask, &out}) && mask.dim() == 2 &&
-                           mask.size(0) == T && mask.size(1) == S,
-                      InvalidArgument, out,
-                      "edgekit::sdpa_kv: q must be float32 [1, H, T, hd] (H a multiple of KV), mask float32 [T, S]");
+                           v.size(0) == 1 && v.size(1) == T && v.size(2) == KV && v.size(3) == hd,
+                      InvalidArgument, out, "edgekit::sdpa_kv: k and v do not agree with q and the caches");
   if (!positions_ok(ctx, "sdpa_kv", input_pos, T, S)) return out;
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
   const float* kp = k.const_data_ptr<float>();
@@ -228,7 +229,7 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
       std::memcpy(vc + (h * S + pos[t]) * hd, vp + (t * KV + h) * hd, row);
     }
   }
-  return sdpa_cache_out(ctx, q, k_cache, v_cache, mask, out);
+  return attend(ctx, "sdpa_kv", q.const_data_ptr<float>(), H, T, hd, k_cache, v_cache, mask, out);
 }
 
 // edgekit::qkv_attn: from the fused q|k|v projection to the attention output in one call (what
@@ -240,24 +241,19 @@ Tensor& sdpa_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
 Tensor& qkv_attn_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
                      Tensor& k_cache, Tensor& v_cache, const Tensor& input_pos, const Tensor& mask, int64_t n_heads,
                      Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, all_float({&qkv, &cos, &sin, &k_cache, &v_cache}) && qkv.dim() == 3 && qkv.size(0) == 1 &&
-                           k_cache.dim() == 4 && v_cache.dim() == 4 && cos.dim() == 2 && sin.dim() == 2,
+  ET_KERNEL_CHECK_MSG(ctx, all_float({&qkv, &cos, &sin}) && qkv.dim() == 3 && qkv.size(0) == 1 && k_cache.dim() == 4 &&
+                           cos.dim() == 2 && sin.dim() == 2,
                       InvalidArgument, out,
                       "edgekit::qkv_attn: qkv must be float32 [1, T, width], caches 4-D, cos/sin [T, hd]");
-  const int64_t T = qkv.size(1), W = qkv.size(2), H = n_heads;
-  const int64_t KV = k_cache.size(1), S = k_cache.size(2), hd = k_cache.size(3);
-  ET_KERNEL_CHECK_MSG(ctx, H > 0 && KV > 0 && H % KV == 0 && hd > 0 && hd % 2 == 0 && k_cache.size(0) == 1 &&
-                           same_shape(k_cache, v_cache),
-                      InvalidArgument, out,
-                      "edgekit::qkv_attn: caches must be [1, KV, S, hd] with hd even and n_heads a multiple of KV");
-  ET_KERNEL_CHECK_MSG(ctx, W == (H + 2 * KV) * hd && cos.size(0) == T && cos.size(1) == hd &&
+  const int64_t T = qkv.size(1), W = qkv.size(2), H = n_heads, hd = k_cache.size(3);
+  if (!attend_args_ok(ctx, "qkv_attn", H, T, hd, k_cache, v_cache, mask, out)) return out;
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, hd % 2 == 0 && W == (H + 2 * KV) * hd && cos.size(0) == T && cos.size(1) == hd &&
                            sin.size(0) == T && sin.size(1) == hd,
-                      InvalidArgument, out, "edgekit::qkv_attn: qkv width %lld is not (%lld + 2 x %lld) x %lld",
-                      static_cast<long long>(W), static_cast<long long>(H), static_cast<long long>(KV),
-                      static_cast<long long>(hd));
-  // everything attend() checks, checked before the caches are written
-  ET_KERNEL_CHECK_MSG(ctx, all_float({&mask, &out}) && mask.dim() == 2 && mask.size(0) == T && mask.size(1) == S,
-                      InvalidArgument, out, "edgekit::qkv_attn: mask must be float32 [T, S], out float32");
+                      InvalidArgument, out,
+                      "edgekit::qkv_attn: need an even head dim and qkv width (%lld + 2 x %lld) x %lld, got %lld",
+                      static_cast<long long>(H), static_cast<long long>(KV), static_cast<long long>(hd),
+                      static_cast<long long>(W));
   if (!positions_ok(ctx, "qkv_attn", input_pos, T, S)) return out;
   thread_local std::vector<float> qbuf;
   try {

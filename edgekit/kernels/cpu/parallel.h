@@ -6,7 +6,6 @@
 
 #include <stdint.h>
 
-
 #ifdef EDGEKIT_USE_ET_THREADPOOL
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
@@ -15,14 +14,14 @@
 
 namespace ek {
 
-// f(begin, end) over [0, N), one block of rows per thread (pool.h); work_per_row (multiply-adds) decides whether waking the
-// pool pays: below ~64K multiply-adds in all it costs more than it saves.
+// f(begin, end) over [0, N), one block of rows per thread (pool.h); work_per_row (multiply-adds)
+// decides whether waking the pool pays: below ~64K multiply-adds in all it costs more than it saves.
 template <class F>
 void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
 #ifdef EDGEKIT_USE_ET_THREADPOOL
   const int64_t threads = executorch::extension::get_thread_count();
   if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
-    ek::pool_run(N, 1, static_cast<int>(threads),
+    ek::pool_run(N, static_cast<int>(threads),
                  [](void* ctx, int64_t a, int64_t b) { (*static_cast<const F*>(ctx))(a, b); },
                  const_cast<F*>(&f));
     return;

@@ -37,7 +37,6 @@ struct Pool {
     RangeFn fn = nullptr;
     void* ctx = nullptr;
     int64_t n = 0;
-    int threads = 1;  // the caller (index 0) and workers 1 .. threads - 1 take part
   };
   // Worker t's last finished job word, and whether it sleeps, on its own line (the caller polls
   // them for the job's participants only).
@@ -54,8 +53,9 @@ struct Pool {
 
   // Thread t takes rows [t n / T, (t + 1) n / T) in one call: a fixed split, so nothing is
   // shared between threads while they work.
-  void work(int self) const {
-    const int64_t b0 = job.n * self / job.threads, b1 = job.n * (self + 1) / job.threads;
+  // `threads`: the caller (index 0) and workers 1 .. threads - 1 take part.
+  void work(int self, int threads) const {
+    const int64_t b0 = job.n * self / threads, b1 = job.n * (self + 1) / threads;
     if (b0 < b1) job.fn(job.ctx, b0, b1);
   }
 
@@ -91,7 +91,7 @@ struct Pool {
       if (w == seen) continue;
       seen = w;
       if (takes_part(self, w)) {
-        work(self);
+        work(self, static_cast<int>(w & 0xff));
         done[self].word.store(w, std::memory_order_release);
       } else {
         sleep_until_needed(self, seen);
@@ -112,7 +112,6 @@ struct Pool {
     job.fn = fn_;
     job.ctx = ctx_;
     job.n = n_;
-    job.threads = threads_;
     const uint64_t w = ((job.word.load(std::memory_order_relaxed) >> 8) + 1) << 8 | static_cast<uint64_t>(threads_);
     job.word.store(w);  // seq_cst, then read the participants' sleep flags: a sleeper sees it or is woken
     bool wake = false;
@@ -121,7 +120,7 @@ struct Pool {
       { std::lock_guard<std::mutex> lk(m); }
       cv.notify_all();
     }
-    work(0);
+    work(0, threads_);
     for (int t = 1; t < threads_; ++t)
       while (done[t].word.load(std::memory_order_acquire) != w) EK_CPU_RELAX();
   }
@@ -144,8 +143,8 @@ Pool* pool() {
 
 }  // namespace
 
-void pool_run(int64_t n, int64_t grain, int threads, RangeFn fn, void* ctx) {
-  if (threads <= 1 || n <= grain) {
+void pool_run(int64_t n, int threads, RangeFn fn, void* ctx) {
+  if (threads <= 1 || n <= 1) {
     fn(ctx, 0, n);
     return;
   }

@@ -25,9 +25,9 @@ namespace ek {
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 
 // fn(ctx, b, e) over [0, n) on `threads` threads (the caller included), one call per thread.
-// Runs serially (one call) when threads <= 1, n <= grain, or another job holds the pool (a nested
-// or concurrent call), so it is always safe to call.
-void pool_run(int64_t n, int64_t grain, int threads, RangeFn fn, void* ctx);
+// Runs serially (one call) when threads <= 1, n <= 1, or another job holds the pool (a nested or
+// concurrent call), so it is always safe to call.
+void pool_run(int64_t n, int threads, RangeFn fn, void* ctx);
 
 }  // namespace ek
 
