@@ -6,9 +6,20 @@
 
 // vpdpbusd on 256 bits: the VEX form (AVX-VNNI) or, in the AVX-512 build, the EVEX form
 // (AVX512-VNNI + VL), so that build also runs on CPUs with AVX512-VNNI but no AVX-VNNI (Ice
-// Lake, Zen 4).
+// Lake, Zen 4). The AVX-512 build also takes code slots 1.. out of a byte with one GFNI affine
+// instruction instead of a shift and an and (same codes, so the same results; w2g64 in-cache
+// microbenchmark, 1 thread, alternating builds: 576x576 4.4 -> 4.2 us, 3072x576 23.0 -> 22.0,
+// 4096x4096 122.7 -> 117.3).
 #if EK_AVX512
 #define EK_DPBUSD256 _mm256_dpbusd_epi32
+// The GF(2) matrix of gf2p8affineqb that moves bits [BITS j, BITS j + BITS) of each byte to
+// bits [0, BITS) and clears the others: output bit i is the parity of (matrix byte 7 - i) & x.
+template <int BITS>
+constexpr long long gf_select(int j) {
+  long long m = 0;
+  for (int i = 0; i < BITS; ++i) m |= static_cast<long long>(1u << (BITS * j + i)) << (8 * (7 - i));
+  return m;
+}
 #else
 #define EK_DPBUSD256 _mm256_dpbusd_avx_epi32
 #endif
@@ -127,7 +138,11 @@ EK_TGT inline __m256i lone_pair_dot(__m256i v, const int8_t* xq) {
   const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
   __m256i acc = _mm256_setzero_si256();
   for (int j = 0; j < CPB; ++j) {
+#if EK_AVX512
+    const __m256i c = j ? _mm256_gf2p8affine_epi64_epi8(v, _mm256_set1_epi64x(gf_select<BITS>(j)), 0) : _mm256_and_si256(v, mask);
+#else
     const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
+#endif
     const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j)));
     if constexpr (EK_VNNI) {
       acc = EK_DPBUSD256(acc, c, x);
@@ -172,7 +187,7 @@ EK_TGT inline void pair_chunk(const uint8_t* r0, const uint8_t* r1, const int8_t
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + gg * 16)), 1);
   __m512i d = _mm512_setzero_si512();
   for (int j = 0; j < CPB; ++j) {  // each 32-byte activation slot serves both halves
-    const __m512i cj = _mm512_and_si512(j ? _mm512_srli_epi16(v, BITS * j) : v, mask);
+    const __m512i cj = j ? _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(gf_select<BITS>(j)), 0) : _mm512_and_si512(v, mask);
     d = _mm512_dpbusd_epi32(d, cj, _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * j))));
   }
   const __m512 p = _mm512_insertf32x8(_mm512_castps256_ps512(p0), p1, 1);
