@@ -219,8 +219,9 @@ extern "C" int ek_sdpa_cache_impl(const float* q, int64_t H, int64_t T, int64_t 
   const int64_t rep = H / KV;
   const int64_t* len = lens.data();
   std::atomic<bool> oom{false};
-  // work per (head, row): ~2 hd multiply-adds per visible slot
-  ek::parallel_rows(H * T, 2 * longest * hd, [&](int64_t a, int64_t b) {
+  // work per (head, row), in parallel_rows' units (an int8 linear's multiply-adds): 2 hd
+  // float multiply-adds per visible slot, plus its exp and the scattered V reads, counted x4
+  ek::parallel_rows(H * T, 8 * longest * hd, [&](int64_t a, int64_t b) {
     // scores of one row, and the AVX2 row's visible slot numbers; grown once per thread
     thread_local std::vector<float> sc;
     thread_local std::vector<int32_t> idx;
