@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -610,3 +611,71 @@ def test_build_errors_are_clear(tmp_path, monkeypatch):
         native.build_runner_info(force=True)
     assert "failed.log" in e.value.hint and len(e.value.one_line().splitlines()) == 1
     assert not any(p.name.endswith("tmp") or ".tmp-" in p.name for p in (tmp_path / "cache" / "native").iterdir())
+
+
+ARGMAX_DRIVER = r"""
+#include <cstdio>
+#include <vector>
+#include "argmax.h"
+int main() {  // rows on stdin: n, then n floats (as bit patterns, so NaN and -0 survive)
+  long n;
+  while (std::scanf("%ld", &n) == 1) {
+    std::vector<float> x(n);
+    for (long i = 0; i < n; ++i) {
+      unsigned u;
+      std::scanf("%x", &u);
+      __builtin_memcpy(&x[i], &u, 4);
+    }
+    std::printf("%ld\n", static_cast<long>(edgekit::greedy_argmax(x.data(), n)));
+  }
+}
+"""
+
+
+def test_greedy_argmax_matches_numpy(tmp_path):
+    """The runner's vectorised greedy pick returns the first index of the maximum, exactly as
+    the scalar std::max_element loop: ties (first wins), -inf rows, signed zeros, lengths that
+    are not a multiple of 8 or 32, the maximum in the tail, and NaN anywhere (the scalar loop
+    decides those rows, whatever its NaN convention is)."""
+    src = tmp_path / "drv.cpp"
+    src.write_text(ARGMAX_DRIVER)
+    exe = tmp_path / "drv"
+    native = Path(__file__).resolve().parents[1] / "edgekit" / "runtime" / "native"
+    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{native}", str(src), "-o", str(exe)], check=True)
+    rng = np.random.default_rng(0)
+    rows: list[np.ndarray] = []
+    for n in [1, 7, 8, 31, 32, 33, 63, 64, 100, 257, 1000, 49152]:
+        rows.append(rng.standard_normal(n).astype(np.float32))
+        t = rng.integers(0, 4, n).astype(np.float32)  # many ties
+        rows.append(t)
+        rows.append(np.full(n, -np.inf, np.float32))
+        z = np.zeros(n, np.float32)
+        z[::2] = -0.0
+        rows.append(z)
+        if n > 1:
+            tail = rng.standard_normal(n).astype(np.float32)
+            tail[-1] = 10.0  # the maximum in the last (tail) slot
+            rows.append(tail)
+            for where in {0, n // 2, n - 1}:
+                r = rng.standard_normal(n).astype(np.float32)
+                r[where] = np.nan
+                rows.append(r)
+    text = "".join(f"{len(r)} " + " ".join(f"{v:x}" for v in r.view(np.uint32)) + "\n" for r in rows)
+    p = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True)
+    got = [int(v) for v in p.stdout.split()]
+
+    def first_max(r: np.ndarray) -> int:  # std::max_element: keep the first, move on a <
+        best = 0
+        for i in range(1, len(r)):
+            if r[best] < r[i]:
+                best = i
+        return best
+
+    nan_rows = 0
+    for r, g in zip(rows, got, strict=True):
+        assert g == first_max(r), (len(r), g, first_max(r))
+        if not np.isnan(r).any():
+            assert g == int(np.argmax(r))  # torch/numpy agree where there is no NaN
+        else:
+            nan_rows += 1
+    assert nan_rows > 0 and len(got) == len(rows)

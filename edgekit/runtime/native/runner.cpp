@@ -1,6 +1,8 @@
 // Implementation of edgekit::Runner over the ExecuTorch Module API (see edgekit_runner.h).
 #include "edgekit_runner.h"
 
+#include "argmax.h"
+
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -37,6 +39,7 @@ using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using executorch::runtime::Method;
 using Clock = std::chrono::steady_clock;
+
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -187,10 +190,7 @@ struct Runner::Impl {
     return Status::Ok();
   }
 
-  int64_t argmax(const float* row) const {
-    // Greedy: first index of the maximum, as torch.argmax.
-    return static_cast<int64_t>(std::max_element(row, row + meta.vocab_size) - row);
-  }
+  int64_t argmax(const float* row) const { return greedy_argmax(row, meta.vocab_size); }
 };
 
 Runner::Runner() : impl_(new Impl) {}
@@ -342,8 +342,7 @@ Status Runner::generate(const std::vector<int64_t>& prompt, int64_t max_new_toke
   Clock::time_point t1;
   bool first = true;
   for (int64_t step = 0; step < max_new_tokens; ++step) {
-    // Greedy: first index of the maximum, as torch.argmax.
-    int64_t tok = static_cast<int64_t>(std::max_element(row, row + m.vocab_size) - row);
+    int64_t tok = greedy_argmax(row, m.vocab_size);
     if (first) {
       t1 = Clock::now();
       stats->ttft_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
