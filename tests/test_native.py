@@ -322,6 +322,25 @@ def test_kernel_multithreaded_matches_single(runner, bits, N, K, group, act_bits
         set_num_threads(before)
 
 
+def test_pool_split_learns_a_slower_thread(runner):
+    """The pool's split is learned per kind of region: when the workers' rows cost 3x the
+    caller's, the caller's share moves from 1/2 toward 3/4 within a few dozen regions, and with
+    equal costs it stays near even. In every region every row runs exactly once."""
+    from edgekit.kernels.cpu import pool_balance_probe
+
+    share, bad = pool_balance_probe(2, 40, 200, 1000, 3000)
+    assert bad == 0
+    assert share > 0.65, share  # an even split would be 0.5; the balanced one 0.75
+    share, bad = pool_balance_probe(2, 40, 201, 1000, 1000)
+    assert bad == 0
+    assert 0.35 < share < 0.65, share
+    share, bad = pool_balance_probe(3, 30, 301, 500, 1500)  # more threads than this VM's cores
+    assert bad == 0 and share > 1 / 3, share
+    assert pool_balance_probe(1, 3, 50, 0, 0) == (1.0, 0)
+    with pytest.raises(UserError):
+        pool_balance_probe(0, 1, 10, 0, 0)
+
+
 def test_core_roundtrip_probe(runner):
     """The two-thread cache-line ping-pong the speed benchmark records per round: it finishes
     and gives a positive time (bounded loosely: a loaded CI box deschedules the threads); a

@@ -23,7 +23,7 @@ void parallel_rows(int64_t N, int64_t work_per_row, const F& f) {
   if (threads > 1 && N > 1 && N * work_per_row >= (1 << 16)) {
     ek::pool_run(N, static_cast<int>(threads),
                  [](void* ctx, int64_t a, int64_t b) { (*static_cast<const F*>(ctx))(a, b); },
-                 const_cast<F*>(&f));
+                 const_cast<F*>(&f), static_cast<uint64_t>(work_per_row));
     return;
   }
 #endif

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -32,18 +33,33 @@ struct Pool {
   // cache line (one transfer tells it everything), and only participants are waited for: a
   // worker outside the job (an earlier call used more threads) never holds it up, and the job
   // is not rewritten until every participant has finished reading it.
+  // With kMaxBalanced threads or fewer (and n < 2^32), cut[t - 1] is where thread t's rows
+  // start (split() below, in the job's line too); otherwise the split is even.
+  static constexpr int kMaxBalanced = 8;
   struct alignas(64) Job {
     std::atomic<uint64_t> word{0};
     RangeFn fn = nullptr;
     void* ctx = nullptr;
     int64_t n = 0;
+    uint32_t cut[kMaxBalanced - 1] = {};
+    uint32_t balanced = 0;  // cut holds the split (else it is even)
   };
+  static_assert(sizeof(Job) == 64, "the job is one cache line");
   // Worker t's last finished job word, and whether it sleeps, on its own line (the caller polls
   // them for the job's participants only).
   struct alignas(64) Done {
     std::atomic<uint64_t> word{0};
     std::atomic<bool> asleep{false};
+    int64_t end_ns = 0;  // when the worker finished its rows (written before `word`)
   };
+  // Row shares per kind of region (fn, n, the caller's work hint, threads), learned from how
+  // long each thread took: a direct-mapped table only the caller touches (under `busy`).
+  struct Shares {
+    uint64_t key = 0;
+    float w[kMaxBalanced] = {};
+  };
+  static constexpr int kSlots = 64;
+  Shares shares[kSlots];
   Job job;
   Done done[kMaxThreads];
   std::vector<std::thread> workers;
@@ -51,12 +67,65 @@ struct Pool {
   std::mutex m;
   std::condition_variable cv;
 
-  // Thread t takes rows [t n / T, (t + 1) n / T) in one call: a fixed split, so nothing is
-  // shared between threads while they work.
-  // `threads`: the caller (index 0) and workers 1 .. threads - 1 take part.
+  // Thread t takes one block of rows in one call, so nothing is shared between threads while
+  // they work. `threads`: the caller (index 0) and workers 1 .. threads - 1 take part.
+  void bounds(int self, int threads, int64_t* b0, int64_t* b1) const {
+    if (job.balanced) {
+      *b0 = self == 0 ? 0 : job.cut[self - 1];
+      *b1 = self == threads - 1 ? job.n : job.cut[self];
+    } else {
+      *b0 = job.n * self / threads;
+      *b1 = job.n * (self + 1) / threads;
+    }
+  }
   void work(int self, int threads) const {
-    const int64_t b0 = job.n * self / threads, b1 = job.n * (self + 1) / threads;
+    int64_t b0, b1;
+    bounds(self, threads, &b0, &b1);
     if (b0 < b1) job.fn(job.ctx, b0, b1);
+  }
+
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // The split: thread t's share of the rows is w[t] of its region kind, rows per nanosecond as
+  // last measured, smoothed. Equal times are its fixed point, so a thread that starts later
+  // (a worker has to see the job and pull the caller's activations from another core: ~1.7 us
+  // on this VM's far state) or runs slower (a little core, a busy vCPU) gets fewer rows.
+  Shares* split(int64_t n, int threads, uint64_t key) {
+    Shares* sh = &shares[(key ^ (key >> 17) ^ (key >> 31)) % kSlots];
+    if (sh->key != key) {
+      sh->key = key;
+      for (int t = 0; t < threads; ++t) sh->w[t] = 1.f / static_cast<float>(threads);
+    }
+    float acc = 0.f;
+    for (int t = 1; t < threads; ++t) {
+      acc += sh->w[t - 1];
+      job.cut[t - 1] = static_cast<uint32_t>(std::min<int64_t>(n, std::llround(static_cast<double>(acc) * n)));
+    }
+    return sh;
+  }
+
+  // After the job: measured rows per ns of each thread, folded into the shares (a quarter of
+  // the way), each kept >= 1/4 of an even share so that a thread never drops out for good.
+  void learn(Shares* sh, int threads, int64_t t0, int64_t end0) {
+    float rate[kMaxBalanced], total = 0.f;
+    for (int t = 0; t < threads; ++t) {
+      int64_t b0, b1;
+      bounds(t, threads, &b0, &b1);
+      const int64_t dt = (t == 0 ? end0 : done[t].end_ns) - t0;
+      if (b1 <= b0 || dt <= 0) return;  // nothing measured for some thread: keep the shares
+      rate[t] = static_cast<float>(b1 - b0) / static_cast<float>(dt);
+      total += rate[t];
+    }
+    const float floor = 0.25f / static_cast<float>(threads);
+    float sum = 0.f;
+    for (int t = 0; t < threads; ++t) {
+      sh->w[t] = std::max(floor, 0.75f * sh->w[t] + 0.25f * rate[t] / total);
+      sum += sh->w[t];
+    }
+    for (int t = 0; t < threads; ++t) sh->w[t] /= sum;
   }
 
   static bool takes_part(int self, uint64_t w) { return self < static_cast<int>(w & 0xff); }
@@ -92,6 +161,7 @@ struct Pool {
       seen = w;
       if (takes_part(self, w)) {
         work(self, static_cast<int>(w & 0xff));
+        done[self].end_ns = now_ns();
         done[self].word.store(w, std::memory_order_release);
       } else {
         sleep_until_needed(self, seen);
@@ -107,11 +177,21 @@ struct Pool {
     }
   }
 
-  void run(int64_t n_, int threads_, RangeFn fn_, void* ctx_) {
+  void run(int64_t n_, int threads_, RangeFn fn_, void* ctx_, uint64_t kind) {
     resize(threads_ - 1);
     job.fn = fn_;
     job.ctx = ctx_;
     job.n = n_;
+    const bool balanced = threads_ <= kMaxBalanced && n_ < (int64_t{1} << 32);
+    Shares* sh = nullptr;
+    if (balanced) {
+      uint64_t key = reinterpret_cast<uintptr_t>(fn_) * 0x9E3779B97F4A7C15ull;
+      key ^= static_cast<uint64_t>(n_) * 0xC2B2AE3D27D4EB4Full ^ kind * 0x165667B19E3779F9ull;
+      key ^= static_cast<uint64_t>(threads_) << 56;
+      sh = split(n_, threads_, key);
+    }
+    job.balanced = balanced;
+    const int64_t t0 = balanced ? now_ns() : 0;
     const uint64_t w = ((job.word.load(std::memory_order_relaxed) >> 8) + 1) << 8 | static_cast<uint64_t>(threads_);
     job.word.store(w);  // seq_cst, then read the participants' sleep flags: a sleeper sees it or is woken
     bool wake = false;
@@ -121,8 +201,10 @@ struct Pool {
       cv.notify_all();
     }
     work(0, threads_);
+    const int64_t end0 = balanced ? now_ns() : 0;
     for (int t = 1; t < threads_; ++t)
       while (done[t].word.load(std::memory_order_acquire) != w) EK_CPU_RELAX();
+    if (balanced) learn(sh, threads_, t0, end0);
   }
 };
 
@@ -143,7 +225,7 @@ Pool* pool() {
 
 }  // namespace
 
-void pool_run(int64_t n, int threads, RangeFn fn, void* ctx) {
+void pool_run(int64_t n, int threads, RangeFn fn, void* ctx, uint64_t kind) {
   if (threads <= 1 || n <= 1) {
     fn(ctx, 0, n);
     return;
@@ -154,7 +236,7 @@ void pool_run(int64_t n, int threads, RangeFn fn, void* ctx) {
     fn(ctx, 0, n);  // nested or concurrent call
     return;
   }
-  p->run(n, std::min(threads, static_cast<int>(Pool::kMaxThreads)), fn, ctx);
+  p->run(n, std::min(threads, static_cast<int>(Pool::kMaxThreads)), fn, ctx, kind);
   p->busy.store(false, std::memory_order_release);
 }
 

@@ -5,16 +5,23 @@
 // generation counter for up to kSpinUs after each job and only then sleep on a condition
 // variable. The job's description shares the counter's cache line, and each worker reports
 // completion on its own line. A worker outside a job (an earlier call used more threads) sleeps
-// until a job needs it and is never waited for. Thread t takes rows [t n / T, (t + 1) n / T) in one call: no shared
-// counters while working (so no cache-line transfers between cores mid-region).
+// until a job needs it and is never waited for. Each thread takes one block of rows in one
+// call: no shared counters while working (so no cache-line transfers between cores mid-region).
+//
+// The blocks are not even: each kind of region (fn, n, work hint, thread count) keeps row shares
+// learned from how long each thread took last time (rows per ns, smoothed a quarter of the way
+// each call), so a thread that starts later or runs slower gets fewer rows. On this 2-vCPU VM a
+// worker starts ~1.7 us after the caller in the "far" state (it has to see the job and pull the
+// activations from another core's cache; that state's round trip is ~370 ns), and with an even
+// split the caller waited for it in every region. SmolLM2 w2g64a8, 2 threads, alternating
+// rounds grouped by state: far 669 -> 753 tok/s median (6 rounds), near 760 -> 759 (4).
 //
 // Measured on the 2-core VM (whose two vCPUs are sometimes ~80 ns and sometimes ~360 ns apart):
 // an empty region costs 80-90 ns near and 450-470 ns far (per-range atomic counters with work
 // stealing and one shared pending counter, before: 220 and 720-740 ns). SmolLM2 w2g64a8, 2
 // threads, 9 alternating rounds: 614 -> 636 tok/s median.
-// The cost of the fixed split: a core that runs slower (a little core, a preempted vCPU) holds
-// the region up; with stealing the other thread would take its rows. Every row is computed
-// the same way whichever thread takes it, so outputs do not depend on the split.
+// Every row is computed the same way whichever thread takes it, so outputs do not depend on the
+// split.
 #ifndef EDGEKIT_POOL_H_
 #define EDGEKIT_POOL_H_
 
@@ -24,10 +31,13 @@ namespace ek {
 
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 
-// fn(ctx, b, e) over [0, n) on `threads` threads (the caller included), one call per thread.
+// fn(ctx, b, e) over [0, n) on `threads` threads (the caller included), one call per thread
+// (a thread may get an empty block, and then no call).
 // Runs serially (one call) when threads <= 1, n <= 1, or another job holds the pool (a nested or
 // concurrent call), so it is always safe to call.
-void pool_run(int64_t n, int threads, RangeFn fn, void* ctx);
+// `kind` tells regions with the same fn and n apart (parallel_rows passes its work per row):
+// each kind keeps its own learned split.
+void pool_run(int64_t n, int threads, RangeFn fn, void* ctx, uint64_t kind = 0);
 
 }  // namespace ek
 
