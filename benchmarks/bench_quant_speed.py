@@ -20,8 +20,11 @@ reps of a row back to back hit whole rows (a table row at 357 tok/s whose packag
 per-round ratios.
 
 Each row also gives bytes read per decoded token (all weights except the embedding table, of
-which one row is read; a tied embedding counts as the head) and the share of the bandwidth
-roofline: ``tok/s * bytes_per_token / measured read bandwidth``. The bandwidth (``torch.sum`` over
+which one row is read; a tied embedding counts as the head; plus the KV cache the attention
+reads, at the mean context of the timed decode steps, in the runtime's cache type: float32 in
+our programs, float16 in llama.cpp's default) and the share of the bandwidth roofline:
+``tok/s * bytes_per_token / measured read bandwidth``. The weights alone are
+``weight_bytes_per_token``. The bandwidth (``torch.sum`` over
 256 MiB) is read once per round, among the rows, and the roofline is the highest of those reads:
 this VM's read bandwidth moves between ~54 and ~82 GB/s within minutes, and with the median read
 as the roofline (session 5's choice) a float row measured 109% of it. The share against the
@@ -98,6 +101,13 @@ def decode_bytes(model: torch.nn.Module) -> int:
     if w is not None:
         total += w.shape[1] * w.element_size()
     return total
+
+
+def kv_read_bytes(args, prompt_len: int, gen_len: int, elem_bytes: int) -> int:
+    """KV cache bytes one decode step reads, averaged over the timed steps: K and V of every layer
+    and KV head over the visible positions, prompt_len + 1 .. prompt_len + gen_len."""
+    mean_ctx = prompt_len + (gen_len + 1) / 2
+    return int(2 * args.n_layers * args.n_kv_heads * args.head_dim * elem_bytes * mean_ctx)
 
 
 # --- llama.cpp ------------------------------------------------------------------------------------
@@ -256,6 +266,10 @@ def prepare(a, work: Path, have_llama: bool) -> list[dict]:
                 log(f"{shape} llama.cpp {qt}: quantize")
                 gguf_quantize(f32, q, ft, a.threads)
                 st = gguf_stats(q, lm.args.vocab_size, lm.args.tie_embeddings)
+                kv = kv_read_bytes(lm.args, a.prompt_len, a.gen_len, 2)  # llama.cpp's default f16 cache
+                st["weight_bytes_per_token"] = st["bytes_per_token"]
+                st["kv_bytes_per_token"] = kv
+                st["bytes_per_token"] += kv
                 rows.append({"shape": shape, "runtime": "llama.cpp", "format": qt, **st,
                              "_once": lambda q=q, p=prompt: bench_llama_cpp(q, p, a.gen_len, 1, a.threads)["median"]})
             f32.unlink()
@@ -265,10 +279,13 @@ def prepare(a, work: Path, have_llama: bool) -> list[dict]:
             if a.export_only:
                 log(f"  exported in {secs:.0f} s -> {d}")
                 continue
-            bpt = decode_bytes(lm.model)
+            wbt = decode_bytes(lm.model)
+            kv = kv_read_bytes(lm.args, a.prompt_len, a.gen_len, 4)  # float32 caches
+            bpt = wbt + kv
             pte = d / "model.pte"
             rows.append({"shape": shape, "runtime": "executorch-native", "format": variant, "export_s": round(secs, 1),
-                         "bytes_per_token": bpt, "file_bytes": man["programs"]["executorch"]["size"],
+                         "bytes_per_token": bpt, "weight_bytes_per_token": wbt, "kv_bytes_per_token": kv,
+                         "file_bytes": man["programs"]["executorch"]["size"],
                          "custom_ops": man["programs"]["executorch"].get("custom_ops", []),
                          "_once": lambda pte=pte, p=prompt: bench_native(pte, p, a.gen_len, 1, threads=a.threads)
                          ["decode_tok_s"]["median"]})
@@ -281,6 +298,7 @@ def prepare(a, work: Path, have_llama: bool) -> list[dict]:
                 finally:
                     del be
             rows.append({"shape": shape, "runtime": "onnxruntime", "format": variant, "bytes_per_token": bpt,
+                         "weight_bytes_per_token": wbt, "kv_bytes_per_token": kv,
                          "file_bytes": man["programs"]["onnx"]["size"],
                          "custom_ops": man["programs"]["onnx"].get("custom_ops", []), "_once": ort_once})
     return rows
@@ -437,12 +455,15 @@ def markdown(res) -> str:
              "round times one generation of every row (after a warm-up generation in the same process), rows "
              "interleaved, so that a disturbance of a few seconds hits one sample of a row, not all of them. "
              "Random weights.", "",
-             "| shape | runtime | format | bits/weight (file) | MB read/token | decode tok/s (min-max) | GB/s | roofline "
+             "| shape | runtime | format | bits/weight (file) | MB read/token (weights + KV) | decode tok/s (min-max) "
+             "| GB/s | roofline "
              "| vs median read |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         d = r["decode_tok_s"]
         bpw = r.get("bits_per_weight", "")
-        lines.append(f"| {r['shape']} | {r['runtime']} | {r['format']} | {bpw} | {r['bytes_per_token'] / 1e6:.1f} | "
+        kv = r.get("kv_bytes_per_token", 0)
+        mb = f"{r['bytes_per_token'] / 1e6:.1f} ({(r['bytes_per_token'] - kv) / 1e6:.1f} + {kv / 1e6:.1f})"
+        lines.append(f"| {r['shape']} | {r['runtime']} | {r['format']} | {bpw} | {mb} | "
                      f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f}) | {r['gb_s']:.2f} | {100 * r['roofline_share']:.0f}% "
                      f"| {100 * r['roofline_share_vs_median_bw']:.0f}% |")
     lines += ["", "llama.cpp tensor types:", ""]
