@@ -91,8 +91,8 @@ struct Pool {
 
   // The split: thread t's share of the rows is w[t] of its region kind, rows per nanosecond as
   // last measured, smoothed. Equal times are its fixed point, so a thread that starts later
-  // (a worker has to see the job and pull the caller's activations from another core: ~1.7 us
-  // on this VM's far state) or runs slower (a little core, a busy vCPU) gets fewer rows.
+  // (a worker sees the job one core-to-core transfer after it is published) or runs slower (a
+  // little core, a busy vCPU, a longer path to memory) gets fewer rows (pool.h).
   Shares* split(int64_t n, int threads, uint64_t key) {
     Shares* sh = &shares[(key ^ (key >> 17) ^ (key >> 31)) % kSlots];
     if (sh->key != key) {

@@ -10,10 +10,11 @@
 //
 // The blocks are not even: each kind of region (fn, n, work hint, thread count) keeps row shares
 // learned from how long each thread took last time (rows per ns, smoothed a quarter of the way
-// each call), so a thread that starts later or runs slower gets fewer rows. On this 2-vCPU VM a
-// worker starts ~1.7 us after the caller in the "far" state (it has to see the job and pull the
-// activations from another core's cache; that state's round trip is ~370 ns), and with an even
-// split the caller waited for it in every region. SmolLM2 w2g64a8, 2 threads, alternating
+// each call), so a thread that starts later or runs slower gets fewer rows. On this 2-vCPU VM, in
+// the "far" state (round trip ~370 ns), a worker sees a job 0.4-0.7 us after it is published and
+// then takes ~15% longer per row than the caller (SmolLM2's linears, rdtsc per region; asking
+// for all activation lines up front did not change it), so with an even split the caller
+// waited ~1.5 us in every region. SmolLM2 w2g64a8, 2 threads, alternating
 // rounds grouped by state: far 669 -> 753 tok/s median (6 rounds), near 760 -> 759 (4).
 //
 // Measured on the 2-core VM (whose two vCPUs are sometimes ~80 ns and sometimes ~360 ns apart):
