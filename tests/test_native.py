@@ -341,6 +341,22 @@ def test_pool_split_learns_a_slower_thread(runner):
         pool_balance_probe(0, 1, 10, 0, 0)
 
 
+def test_pool_large_regions_steal_rows(runner):
+    """A large region (rows x work hint >= 2^22) is balanced within the region: in the very
+    first one, before any split is learned, the caller takes rows off the end of a 3x slower
+    worker's block, and every row still runs exactly once, over many regions and thread counts."""
+    from edgekit.kernels.cpu import pool_balance_probe
+
+    share, bad = pool_balance_probe(2, 1, 400, 1000, 3000, kind=1 << 22)
+    assert bad == 0
+    assert share > 0.65, share  # without stealing the first region splits evenly: 0.5
+    share, bad = pool_balance_probe(2, 1, 400, 1000, 3000, kind=1)  # small region: even
+    assert bad == 0 and abs(share - 0.5) < 0.01, share
+    for threads, n in [(2, 1001), (3, 777), (5, 64)]:
+        share, bad = pool_balance_probe(threads, 20, n, 200, 200, kind=1 << 22)
+        assert bad == 0, (threads, n)
+
+
 def test_core_roundtrip_probe(runner):
     """The two-thread cache-line ping-pong the speed benchmark records per round: it finishes
     and gives a positive time (bounded loosely: a loaded CI box deschedules the threads); a

@@ -67,7 +67,7 @@ def lib() -> ctypes.CDLL:
                 fn.restype = c_int
             L.ek_core_roundtrip_ns.argtypes = [i64]
             L.ek_core_roundtrip_ns.restype = ctypes.c_double
-            L.ek_pool_balance_probe.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64,
+            L.ek_pool_balance_probe.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_uint64,
                                                 ctypes.POINTER(ctypes.c_double), ctypes.POINTER(i64)]
             L.ek_pool_balance_probe.restype = ctypes.c_int
             _lib = L
@@ -112,16 +112,18 @@ def core_roundtrip_ns(iters: int = 100_000) -> float:
     return ns
 
 
-def pool_balance_probe(threads: int, calls: int, n: int, fast_ns: int, slow_ns: int) -> tuple[float, int]:
+def pool_balance_probe(threads: int, calls: int, n: int, fast_ns: int, slow_ns: int,
+                       kind: int = 0) -> tuple[float, int]:
     """Run ``calls`` pool regions of ``n`` rows where rows cost ``fast_ns`` on the calling thread
-    and ``slow_ns`` on the workers (``probe.h``). Returns the caller's share of the rows in the
+    and ``slow_ns`` on the workers (``probe.h``; ``kind``: the work hint per row, and
+    ``n * kind >= 2**22`` makes the threads steal). Returns the caller's share of the rows in the
     last region and the count of (region, row) pairs not run exactly once.
 
     Raises:
         UserError: an argument out of range.
     """
     share, bad = ctypes.c_double(), ctypes.c_int64()
-    if lib().ek_pool_balance_probe(int(threads), int(calls), int(n), int(fast_ns), int(slow_ns),
+    if lib().ek_pool_balance_probe(int(threads), int(calls), int(n), int(fast_ns), int(slow_ns), int(kind),
                                    ctypes.byref(share), ctypes.byref(bad)) != 0:
         raise UserError("pool_balance_probe: argument out of range",
                         "threads, calls, n >= 1 (n <= 2^24), times >= 0")

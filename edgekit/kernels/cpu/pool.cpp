@@ -35,7 +35,10 @@ struct Pool {
   // is not rewritten until every participant has finished reading it.
   // With kMaxBalanced threads or fewer (and n < 2^32), cut[t - 1] is where thread t's rows
   // start (split() below, in the job's line too); otherwise the split is even.
-  static constexpr int kMaxBalanced = 8;
+  // chunk > 0: a large region (kStealWork multiply-adds or more), whose threads take their
+  // blocks `chunk` rows at a time from a shared range and then take chunks off the end of the
+  // others' blocks (steal_work()).
+  static constexpr int kMaxBalanced = 7;
   struct alignas(64) Job {
     std::atomic<uint64_t> word{0};
     RangeFn fn = nullptr;
@@ -43,6 +46,7 @@ struct Pool {
     int64_t n = 0;
     uint32_t cut[kMaxBalanced - 1] = {};
     uint32_t balanced = 0;  // cut holds the split (else it is even)
+    uint32_t chunk = 0;
   };
   static_assert(sizeof(Job) == 64, "the job is one cache line");
   // Worker t's last finished job word, and whether it sleeps, on its own line (the caller polls
@@ -51,7 +55,15 @@ struct Pool {
     std::atomic<uint64_t> word{0};
     std::atomic<bool> asleep{false};
     int64_t end_ns = 0;  // when the worker finished its rows (written before `word`)
+    int64_t rows = 0;    // how many rows it ran (stealing moves rows between threads)
   };
+  // Thread t's rows not yet taken, [lo, hi) as lo | hi << 32, on its own line: the owner takes
+  // chunks from lo, others take them from hi once their own range is empty.
+  struct alignas(64) Range {
+    std::atomic<uint64_t> lohi{0};
+  };
+  static constexpr uint64_t kStealWork = uint64_t{1} << 22;  // n x work hint: ~50 us of rows or more
+  Range ranges[kMaxBalanced];
   // Row shares per kind of region (fn, n, the caller's work hint, threads), learned from how
   // long each thread took: a direct-mapped table only the caller touches (under `busy`).
   struct Shares {
@@ -78,10 +90,50 @@ struct Pool {
       *b1 = job.n * (self + 1) / threads;
     }
   }
-  void work(int self, int threads) const {
+  // Runs thread `self`'s rows; returns how many it ran.
+  int64_t work(int self, int threads) {
+    if (job.chunk) return steal_work(self, threads);
     int64_t b0, b1;
     bounds(self, threads, &b0, &b1);
     if (b0 < b1) job.fn(job.ctx, b0, b1);
+    return b1 - b0;
+  }
+
+  // Takes `chunk` rows from the low end of range r (owner) or the high end (anyone else).
+  bool take(int r, bool owner, int64_t* b, int64_t* e) {
+    const uint64_t chunk = job.chunk;
+    uint64_t cur = ranges[r].lohi.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = cur & 0xffffffffu, hi = cur >> 32;
+      if (lo >= hi) return false;
+      const uint64_t k = hi - lo < chunk ? hi - lo : chunk;
+      const uint64_t next = owner ? (lo + k) | hi << 32 : lo | (hi - k) << 32;
+      if (ranges[r].lohi.compare_exchange_weak(cur, next, std::memory_order_relaxed)) {
+        *b = static_cast<int64_t>(owner ? lo : hi - k);
+        *e = static_cast<int64_t>(owner ? lo + k : hi);
+        return true;
+      }
+    }
+  }
+
+  // A large region: the learned block first, a chunk at a time (an uncontended CAS on the
+  // thread's own line per chunk), then chunks off the end of the other blocks, so whichever
+  // thread is behind at the end (memory bandwidth shared unevenly, a preempted vCPU) is helped
+  // instead of waited for.
+  int64_t steal_work(int self, int threads) {
+    int64_t b, e, rows = 0;
+    while (take(self, true, &b, &e)) {
+      job.fn(job.ctx, b, e);
+      rows += e - b;
+    }
+    for (int k = 1; k < threads; ++k) {
+      const int r = (self + k) % threads;
+      while (take(r, false, &b, &e)) {
+        job.fn(job.ctx, b, e);
+        rows += e - b;
+      }
+    }
+    return rows;
   }
 
   static int64_t now_ns() {
@@ -109,14 +161,13 @@ struct Pool {
 
   // After the job: measured rows per ns of each thread, folded into the shares (a quarter of
   // the way), each kept >= 1/4 of an even share so that a thread never drops out for good.
-  void learn(Shares* sh, int threads, int64_t t0, int64_t end0) {
+  void learn(Shares* sh, int threads, int64_t t0, int64_t end0, int64_t rows0) {
     float rate[kMaxBalanced], total = 0.f;
     for (int t = 0; t < threads; ++t) {
-      int64_t b0, b1;
-      bounds(t, threads, &b0, &b1);
+      const int64_t rows = t == 0 ? rows0 : done[t].rows;
       const int64_t dt = (t == 0 ? end0 : done[t].end_ns) - t0;
-      if (b1 <= b0 || dt <= 0) return;  // nothing measured for some thread: keep the shares
-      rate[t] = static_cast<float>(b1 - b0) / static_cast<float>(dt);
+      if (rows <= 0 || dt <= 0) return;  // nothing measured for some thread: keep the shares
+      rate[t] = static_cast<float>(rows) / static_cast<float>(dt);
       total += rate[t];
     }
     const float floor = 0.25f / static_cast<float>(threads);
@@ -160,7 +211,7 @@ struct Pool {
       if (w == seen) continue;
       seen = w;
       if (takes_part(self, w)) {
-        work(self, static_cast<int>(w & 0xff));
+        done[self].rows = work(self, static_cast<int>(w & 0xff));
         done[self].end_ns = now_ns();
         done[self].word.store(w, std::memory_order_release);
       } else {
@@ -191,6 +242,16 @@ struct Pool {
       sh = split(n_, threads_, key);
     }
     job.balanced = balanced;
+    // Large regions steal: chunks of ~2^18 multiply-adds (a few us), at least 8 rows.
+    job.chunk = 0;
+    if (balanced && kind > 0 && static_cast<uint64_t>(n_) * kind >= kStealWork) {
+      job.chunk = static_cast<uint32_t>(std::max<uint64_t>(8, (uint64_t{1} << 18) / kind));
+      for (int t = 0; t < threads_; ++t) {
+        int64_t b0, b1;
+        bounds(t, threads_, &b0, &b1);
+        ranges[t].lohi.store(static_cast<uint64_t>(b0) | static_cast<uint64_t>(b1) << 32, std::memory_order_relaxed);
+      }
+    }
     const int64_t t0 = balanced ? now_ns() : 0;
     const uint64_t w = ((job.word.load(std::memory_order_relaxed) >> 8) + 1) << 8 | static_cast<uint64_t>(threads_);
     job.word.store(w);  // seq_cst, then read the participants' sleep flags: a sleeper sees it or is woken
@@ -200,11 +261,11 @@ struct Pool {
       { std::lock_guard<std::mutex> lk(m); }
       cv.notify_all();
     }
-    work(0, threads_);
+    const int64_t rows0 = work(0, threads_);
     const int64_t end0 = balanced ? now_ns() : 0;
     for (int t = 1; t < threads_; ++t)
       while (done[t].word.load(std::memory_order_acquire) != w) EK_CPU_RELAX();
-    if (balanced) learn(sh, threads_, t0, end0);
+    if (balanced) learn(sh, threads_, t0, end0, rows0);
   }
 };
 

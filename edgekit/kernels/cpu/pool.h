@@ -14,7 +14,15 @@
 // the "far" state (round trip ~370 ns), a worker sees a job 0.4-0.7 us after it is published and
 // then takes ~15% longer per row than the caller (SmolLM2's linears, rdtsc per region; asking
 // for all activation lines up front did not change it), so with an even split the caller
-// waited ~1.5 us in every region. SmolLM2 w2g64a8, 2 threads, alternating
+// waited ~1.5 us in every region.
+//
+// Large regions (rows x work hint >= 2^22, ~50 us of rows or more: SmolLM2's head, Qwen2.5's
+// gate|up, down and head) also balance inside the region: each thread takes its learned block
+// a chunk (~2^18 multiply-adds) at a time from a range on its own cache line, then takes chunks
+// off the end of the other blocks. Their sizes vary with how the memory bandwidth is shared from
+// one call to the next, which a split learned from earlier calls cannot follow. Alternating
+// runs: SmolLM2 w2g64a8 798 -> 813 tok/s (near state, 7 rounds), Qwen2.5 w2g64a8 216 -> 217
+// (near, 6) and 213 -> 217 (far, 2). SmolLM2 w2g64a8, 2 threads, alternating
 // rounds grouped by state: far 669 -> 753 tok/s median (6 rounds), near 760 -> 759 (4).
 //
 // Measured on the 2-core VM (whose two vCPUs are sometimes ~80 ns and sometimes ~360 ns apart):
@@ -32,8 +40,9 @@ namespace ek {
 
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 
-// fn(ctx, b, e) over [0, n) on `threads` threads (the caller included), one call per thread
-// (a thread may get an empty block, and then no call).
+// fn(ctx, b, e) over [0, n) on `threads` threads (the caller included): one call per thread (a
+// thread may get an empty block, and then no call), or in a large region several calls of a
+// chunk each. Every row is passed exactly once.
 // Runs serially (one call) when threads <= 1, n <= 1, or another job holds the pool (a nested or
 // concurrent call), so it is always safe to call.
 // `kind` tells regions with the same fn and n apart (parallel_rows passes its work per row):

@@ -63,7 +63,7 @@ void balance_rows(void* p, int64_t b, int64_t e) {
 }  // namespace
 
 extern "C" int ek_pool_balance_probe(int threads, int calls, int64_t n, int64_t fast_ns, int64_t slow_ns,
-                                     double* caller_share, int64_t* bad_rows) {
+                                     uint64_t kind, double* caller_share, int64_t* bad_rows) {
   if (threads < 1 || calls < 1 || n < 1 || n > (int64_t{1} << 24) || fast_ns < 0 || slow_ns < 0 || !caller_share ||
       !bad_rows)
     return -1;
@@ -77,7 +77,7 @@ extern "C" int ek_pool_balance_probe(int threads, int calls, int64_t n, int64_t 
   for (int k = 0; k < calls; ++k) {
     for (auto& h : hits) h.store(0, std::memory_order_relaxed);
     c.caller_rows.store(0);
-    ek::pool_run(n, threads, balance_rows, &c);
+    ek::pool_run(n, threads, balance_rows, &c, kind);
     for (auto& h : hits) *bad_rows += h.load(std::memory_order_relaxed) != 1;
   }
   *caller_share = static_cast<double>(c.caller_rows.load()) / static_cast<double>(n);

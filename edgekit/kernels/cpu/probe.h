@@ -7,7 +7,8 @@
  * other (likely vCPUs on one CCD vs on two). The threads are not pinned; on a machine with more
  * cores than two the OS picks which pair it measures.
  *
- * ek_pool_balance_probe: `calls` pool regions of n rows on `threads` threads (pool.h), where a
+ * ek_pool_balance_probe: `calls` pool regions of n rows on `threads` threads (pool.h, work hint
+ * `kind` per row: n * kind >= 2^22 makes the region large, so its threads steal), where a
  * row taken by any thread but the caller costs `slow_ns` ns of spinning and a caller's row
  * costs `fast_ns`. Writes the caller's share of the rows in the last region to *caller_share and
  * the number of (region, row) pairs not run exactly once to *bad_rows. Returns 0, or -1 when an
@@ -24,7 +25,7 @@ extern "C" {
 
 double ek_core_roundtrip_ns(int64_t iters);
 int ek_pool_balance_probe(int threads, int calls, int64_t n, int64_t fast_ns, int64_t slow_ns,
-                          double* caller_share, int64_t* bad_rows);
+                          uint64_t kind, double* caller_share, int64_t* bad_rows);
 
 #ifdef __cplusplus
 }
