@@ -68,7 +68,7 @@ def lib() -> ctypes.CDLL:
             L.ek_core_roundtrip_ns.argtypes = [i64]
             L.ek_core_roundtrip_ns.restype = ctypes.c_double
             L.ek_pool_balance_probe.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_uint64,
-                                                ctypes.POINTER(ctypes.c_double), ctypes.POINTER(i64)]
+                                                ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(i64)]
             L.ek_pool_balance_probe.restype = ctypes.c_int
             _lib = L
         return _lib
@@ -113,10 +113,11 @@ def core_roundtrip_ns(iters: int = 100_000) -> float:
 
 
 def pool_balance_probe(threads: int, calls: int, n: int, fast_ns: int, slow_ns: int,
-                       kind: int = 0) -> tuple[float, int]:
+                       kind: int = 0, hold: bool = False) -> tuple[float, int]:
     """Run ``calls`` pool regions of ``n`` rows where rows cost ``fast_ns`` on the calling thread
     and ``slow_ns`` on the workers (``probe.h``; ``kind``: the work hint per row, and
-    ``n * kind >= 2**22`` makes the threads steal). Returns the caller's share of the rows in the
+    ``n * kind >= 2**22`` makes the threads steal; ``hold``: a worker's first rows wait, up to
+    2 s, until the caller has run all the others). Returns the caller's share of the rows in the
     last region and the count of (region, row) pairs not run exactly once.
 
     Raises:
@@ -124,7 +125,7 @@ def pool_balance_probe(threads: int, calls: int, n: int, fast_ns: int, slow_ns: 
     """
     share, bad = ctypes.c_double(), ctypes.c_int64()
     if lib().ek_pool_balance_probe(int(threads), int(calls), int(n), int(fast_ns), int(slow_ns), int(kind),
-                                   ctypes.byref(share), ctypes.byref(bad)) != 0:
+                                   int(bool(hold)), ctypes.byref(share), ctypes.byref(bad)) != 0:
         raise UserError("pool_balance_probe: argument out of range",
                         "threads, calls, n >= 1 (n <= 2^24), times >= 0")
     return float(share.value), int(bad.value)
