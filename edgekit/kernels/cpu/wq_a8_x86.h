@@ -6,10 +6,10 @@
 
 // vpdpbusd on 256 bits: the VEX form (AVX-VNNI) or, in the AVX-512 build, the EVEX form
 // (AVX512-VNNI + VL), so that build also runs on CPUs with AVX512-VNNI but no AVX-VNNI (Ice
-// Lake, Zen 4). The AVX-512 build also takes code slots 1.. out of a byte with one GFNI affine
-// instruction instead of a shift and an and (same codes, so the same results; w2g64 in-cache
-// microbenchmark, 1 thread, alternating builds: 576x576 4.4 -> 4.2 us, 3072x576 23.0 -> 22.0,
-// 4096x4096 122.7 -> 117.3).
+// Lake, Zen 4). slot256 / slot512 take code slot j out of every byte; the AVX-512 build does it
+// for slots 1.. with one GFNI affine instruction instead of a shift and an and (same codes, so
+// the same results; w2g64 in-cache microbenchmark, 1 thread, alternating builds: 576x576 4.4 ->
+// 4.2 us, 3072x576 23.0 -> 22.0, 4096x4096 122.7 -> 117.3).
 #if EK_AVX512
 #define EK_DPBUSD256 _mm256_dpbusd_epi32
 // The GF(2) matrix of gf2p8affineqb that moves bits [BITS j, BITS j + BITS) of each byte to
@@ -20,8 +20,23 @@ constexpr long long gf_select(int j) {
   for (int i = 0; i < BITS; ++i) m |= static_cast<long long>(1u << (BITS * j + i)) << (8 * (7 - i));
   return m;
 }
+// Code slot j of every byte of v (BITS bits at bit BITS j), as u8 values.
+template <int BITS>
+EK_TGT inline __m512i slot512(__m512i v, int j) {
+  return j ? _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(gf_select<BITS>(j)), 0)
+           : _mm512_and_si512(v, _mm512_set1_epi8((1 << BITS) - 1));
+}
+template <int BITS>
+EK_TGT inline __m256i slot256(__m256i v, int j) {
+  return j ? _mm256_gf2p8affine_epi64_epi8(v, _mm256_set1_epi64x(gf_select<BITS>(j)), 0)
+           : _mm256_and_si256(v, _mm256_set1_epi8((1 << BITS) - 1));
+}
 #else
 #define EK_DPBUSD256 _mm256_dpbusd_avx_epi32
+template <int BITS>
+EK_TGT inline __m256i slot256(__m256i v, int j) {
+  return _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, _mm256_set1_epi8((1 << BITS) - 1));
+}
 #endif
 
 // Sum over code slots j of u * xq for one 32-byte chunk: 8 int32 lanes, lanes 0-3 from the low
@@ -42,11 +57,9 @@ EK_TGT inline __m256i chunk_dot(__m256i v, const int8_t* xq) {
     return _mm256_permute4x64_epi64(_mm256_hadd_epi32(r0, r1), 0xd8);
   } else if constexpr (EK_VNNI) {  // vpdpbusd: u8 x s8, four products summed per int32 lane
     constexpr int CPB = 8 / BITS;
-    const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
     __m256i acc = _mm256_setzero_si256();
     for (int j = 0; j < CPB; ++j) {
-      const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
-      acc = EK_DPBUSD256(acc, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j)));
+      acc = EK_DPBUSD256(acc, slot256<BITS>(v, j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j)));
     }
     return acc;
   } else {
@@ -135,14 +148,9 @@ EK_TGT float row_pairs_a8(const Shape& s, const A8& a, const uint8_t* row, const
 template <int BITS>
 EK_TGT inline __m256i lone_pair_dot(__m256i v, const int8_t* xq) {
   constexpr int CPB = 8 / BITS;
-  const __m256i mask = _mm256_set1_epi8((1 << BITS) - 1);
   __m256i acc = _mm256_setzero_si256();
   for (int j = 0; j < CPB; ++j) {
-#if EK_AVX512
-    const __m256i c = j ? _mm256_gf2p8affine_epi64_epi8(v, _mm256_set1_epi64x(gf_select<BITS>(j)), 0) : _mm256_and_si256(v, mask);
-#else
-    const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(v, BITS * j) : v, mask);
-#endif
+    const __m256i c = slot256<BITS>(v, j);
     const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j)));
     if constexpr (EK_VNNI) {
       acc = EK_DPBUSD256(acc, c, x);
@@ -181,14 +189,12 @@ EK_TGT inline void pair_chunk(const uint8_t* r0, const uint8_t* r1, const int8_t
   const int e = 2 * c, o = 2 * c + 1;
 #if EK_AVX512
   constexpr int CPB = 8 / BITS;
-  const __m512i mask = _mm512_set1_epi8((1 << BITS) - 1);
   const __m512i v = _mm512_inserti64x4(
       _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + gg * 16))),
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + gg * 16)), 1);
   __m512i d = _mm512_setzero_si512();
   for (int j = 0; j < CPB; ++j) {  // each 32-byte activation slot serves both halves
-    const __m512i cj = j ? _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(gf_select<BITS>(j)), 0) : _mm512_and_si512(v, mask);
-    d = _mm512_dpbusd_epi32(d, cj, _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * j))));
+    d = _mm512_dpbusd_epi32(d, slot512<BITS>(v, j), _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * j))));
   }
   const __m512 p = _mm512_insertf32x8(_mm512_castps256_ps512(p0), p1, 1);
   const __m512i idx = _mm512_setr_epi32(e, e, e, e, o, o, o, o, 8 + e, 8 + e, 8 + e, 8 + e, 8 + o, 8 + o, 8 + o, 8 + o);
@@ -211,7 +217,8 @@ EK_TGT inline void pair_chunk(const uint8_t* r0, const uint8_t* r1, const int8_t
 // alternating runs: 615 -> 644 and 593 -> 629 tok/s median in two sessions).
 //
 // pair_body: every group but a lone last one; returns lanes 0, 1 = rows r0, r1 and sets *g_end
-// to the lone group's index (G when there is none). pair_lone adds the lone groups.
+// to the lone group's index (G when there is none). row_pairs2_a8 and row_quads_a8 add the lone
+// groups.
 template <int BITS>
 EK_TGT inline __m128 pair_body(const Shape& s, const A8& a, const uint8_t* r0, const uint8_t* r1,
                                const uint16_t* sc0, const uint16_t* sc1, const uint16_t* zr0,
@@ -304,9 +311,7 @@ EK_TGT void row_quads_a8(const Shape& s, const A8& a, const uint8_t* qw, const u
   v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(r[3] + g * 16)), 3);
   __m512i acc = _mm512_setzero_si512();
   for (int j = 0; j < CPB; ++j) {
-    const __m512i c = j ? _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(gf_select<BITS>(j)), 0)
-                        : _mm512_and_si512(v, _mm512_set1_epi8((1 << BITS) - 1));
-    acc = _mm512_dpbusd_epi32(acc, c, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j))));
+    acc = _mm512_dpbusd_epi32(acc, slot512<BITS>(v, j), _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * j))));
   }
   const __m512 f = _mm512_cvtepi32_ps(acc);  // lanes 4i .. 4i + 3: row i
   // row_pairs2_a8's sums per row, (l0 + l1) + (l2 + l3): lanes [0, 2 | 1, 3] of h2, then rows in order
