@@ -65,6 +65,7 @@ A8_CASES = [  # bits, group, N, K
     (2, 64, 37, 576), (2, 64, 19, 1536), (2, 64, 9, 64), (2, 128, 9, 320), (2, 64, 7, 172),
     (2, 64, 5, 896), (2, 64, 6, 704),  # 8-group blocks + 3 pairs; + 1 pair + a lone group
     (4, 32, 21, 576), (4, 32, 7, 896), (4, 64, 5, 100), (4, None, 11, 576),
+    (4, 32, 13, 352),  # 11 groups: the AVX-512 four-row kernel's lone groups at 4 bits
     (8, None, 13, 1536), (8, 16, 6, 96), (8, 64, 3, 200),
     (3, 64, 7, 200),
 ]
@@ -89,8 +90,9 @@ def test_a8_kernel_matches_reference(bits, group, N, K, M):
 
 @pytest.mark.parametrize("N,K", [(37, 576), (19, 1536), (5, 896), (6, 704), (9, 64)])
 def test_a8_w2_avx512_pairs_bit_identical_to_avx2_pairs(N, K):
-    """The 512-bit two-row kernel keeps each row's lanes and their order: the same bits as the
-    AVX2 and AVX-VNNI two-row kernels."""
+    """The 512-bit two- and four-row kernels (four rows where the group count is odd: K = 576,
+    704, 64 here) keep each row's lanes and their order: the same bits as the AVX2 and AVX-VNNI
+    two-row kernels."""
     from edgekit.kernels.cpu import available_impls, linear_wq
 
     if "avx512vnni" not in available_impls():
