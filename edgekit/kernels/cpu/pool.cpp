@@ -79,8 +79,9 @@ struct Pool {
   std::mutex m;
   std::condition_variable cv;
 
-  // Thread t takes one block of rows in one call, so nothing is shared between threads while
-  // they work. `threads`: the caller (index 0) and workers 1 .. threads - 1 take part.
+  // Thread t's block of rows (the learned split, or even). Outside large regions it takes the
+  // block in one call, so nothing is shared between threads while they work. `threads`: the
+  // caller (index 0) and workers 1 .. threads - 1 take part.
   void bounds(int self, int threads, int64_t* b0, int64_t* b1) const {
     if (job.balanced) {
       *b0 = self == 0 ? 0 : job.cut[self - 1];
