@@ -429,4 +429,4 @@ EK_TGT void rows_avx2_a8(const Shape& s, const A8& a, const uint8_t* qw, const u
     }
   }
 }
-#undef EK_DPBUSD256
+// (EK_DPBUSD256 stays defined for wq_r16_x86.h, which undefines it.)

@@ -446,13 +446,40 @@ __attribute__((target("avx2,fma"))) void quant_group_avx2(const float* x, int64_
 }
 #endif
 
-void prep_a8(const Shape& s, const float* x, const A8& a, bool permute) {
+// The r16 kernels' activation order (wq_r16_x86.h): in each 16-byte chunk of a group, slot j
+// of dword d's byte b (code CPB (4 d + b) + j) meets out[(CPB d + j) 4 + b]. 16 / (4 CPB) dwords
+// per chunk: a 4x4 byte transpose for 2 bits, two 2x4 ones for 4 bits, nothing for 8.
+inline int r16_src(int p, int cpb) {  // out[p] = in[r16_src(p)] within a chunk
+  const int b = p % 4, j = (p / 4) % cpb, e = p / (4 * cpb);
+  return 4 * cpb * e + cpb * b + j;
+}
+void r16_permute(const int8_t* in, int8_t* out, int64_t nbytes, int cpb) {
+  for (int64_t c = 0; c < nbytes; c += 16)
+    for (int p = 0; p < 16; ++p) out[c + p] = in[c + r16_src(p, cpb)];
+}
+#ifdef EK_HAVE_X86
+__attribute__((target("avx2"))) void r16_permute_ssse3(const int8_t* in, int8_t* out, int64_t nbytes, int cpb) {
+  alignas(16) int8_t idx[16];
+  for (int p = 0; p < 16; ++p) idx[p] = static_cast<int8_t>(r16_src(p, cpb));
+  const __m128i sh = _mm_load_si128(reinterpret_cast<const __m128i*>(idx));
+  for (int64_t c = 0; c < nbytes; c += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c),
+                     _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + c)), sh));
+}
+#endif
+
+// PERM_R16_REF: plain order, quantized like PERM_R16 (the AVX2 group quantizer sums xsum in
+// another order than the scalar one), so the r16 reference matches the r16 SIMD rows bit for bit.
+enum Perm { PERM_PLAIN = 0, PERM_PAIRS = 1, PERM_R16 = 2, PERM_R16_REF = 3 };
+
+void prep_a8(const Shape& s, const float* x, const A8& a, int perm) {
+  const bool permute = perm == PERM_PAIRS || perm == PERM_R16;
   const int cpb = 8 / s.bits;
   const int64_t gb = s.g * s.bits / 8;  // bytes per group (SIMD shapes only)
   thread_local std::vector<int8_t> plain;
   if (permute && plain.size() < static_cast<size_t>(s.K_pad)) plain.resize(s.K_pad);
 #ifdef EK_HAVE_X86
-  const bool vec = permute && s.g % 8 == 0 && cpu_has_avx2();
+  const bool vec = perm != PERM_PLAIN && s.g % 8 == 0 && cpu_has_avx2();
 #endif
   for (int64_t m = 0; m < s.M; ++m) {
     const float* xm = x + m * s.K;
@@ -469,7 +496,20 @@ void prep_a8(const Shape& s, const float* x, const A8& a, bool permute) {
       a.dx[m * s.G + g] = amax / 127.f;
       a.xsum[m * s.G + g] = xs;
     }
-    if (permute) {
+    if (perm == PERM_R16) {
+      int8_t* out = a.xq + m * s.K_pad;
+      if (cpb == 1) {
+        std::memcpy(out, q, s.K_pad);
+      } else {
+#ifdef EK_HAVE_X86
+        if (vec) {
+          r16_permute_ssse3(q, out, s.K_pad, cpb);
+          continue;
+        }
+#endif
+        r16_permute(q, out, s.K_pad, cpb);
+      }
+    } else if (permute) {
       int8_t* out = a.xq + m * s.K_pad;
       auto run = permute_run;
 #ifdef EK_HAVE_X86
@@ -504,6 +544,42 @@ void rows_scalar_a8(const Shape& s, const A8& a, const uint8_t* qw, const uint16
   }
 }
 
+// ---- row-interleaved (r16) layout ------------------------------------------------------------
+// wq_linear.h, ek_linear_wq_a8_r16. Byte i of row n's canonical packed row sits at
+// r16_byte(n, i): block n / 16, group i / ub, dword (i % ub) / 4, row lane n % 16, byte i % 4.
+inline int64_t r16_byte(const Shape& s, int64_t n, int64_t i) {
+  const int64_t ub = s.row_bytes / s.G, g = i / ub, d = (i % ub) / 4;
+  return (n / 16) * s.G * 16 * ub + (g * (ub / 4) + d) * 64 + (n % 16) * 4 + i % 4;
+}
+
+bool r16_ok(int bits, int64_t g) { return a8_simd_ok(bits, g); }
+
+// The reference: plain-order xq, codes read through r16_byte, and per row exactly the SIMD
+// kernels' float steps (f = fma(isum, scale * dx, f), z = fma(zero, xsum, z), y = f + z), so
+// every implementation gives bit-identical outputs.
+void rows_scalar_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint16_t* sc,
+                     const uint16_t* zr, float* y, int64_t b0, int64_t b1) {
+  for (int64_t n = 16 * b0; n < std::min(s.N, 16 * b1); ++n) {
+    const int64_t blk = n / 16, r = n % 16;
+    for (int64_t m = 0; m < s.M; ++m) {
+      const int8_t* xq = a.xq + m * s.K_pad;
+      float f = 0.f, z = 0.f;
+      for (int64_t g = 0; g < s.G; ++g) {
+        int32_t isum = 0;
+        for (int64_t k = g * s.g; k < (g + 1) * s.g; ++k) {
+          const int64_t bit = k * s.bits;
+          const uint32_t code = (qw[r16_byte(s, n, bit / 8)] >> (bit % 8)) & ((1u << s.bits) - 1u);
+          isum += static_cast<int32_t>(code) * xq[k];
+        }
+        const int64_t si = (blk * s.G + g) * 16 + r;
+        f = std::fma(static_cast<float>(isum), half_to_float(sc[si]) * a.dx[m * s.G + g], f);
+        z = std::fma(half_to_float(zr[si]), a.xsum[m * s.G + g], z);
+      }
+      y[m * s.N + n] = f + z;
+    }
+  }
+}
+
 #ifdef EK_HAVE_X86
 // Bytes ahead of the row being read (wq_a8_x86.h). In-process A/B of the streamed 30-layer
 // SmolLM2 sweep, 2 threads: 1024 -> 28.2-30.1 GB/s, 3072-4096 -> 29.2-30.9.
@@ -513,6 +589,7 @@ namespace a8_avx2 {
 #define EK_VNNI 0
 #define EK_AVX512 0
 #include "wq_a8_x86.h"  // NOLINT(build/include)
+#include "wq_r16_x86.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_VNNI
 #undef EK_AVX512
@@ -522,6 +599,7 @@ namespace a8_vnni {
 #define EK_VNNI 1
 #define EK_AVX512 0
 #include "wq_a8_x86.h"  // NOLINT(build/include)
+#include "wq_r16_x86.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_VNNI
 #undef EK_AVX512
@@ -531,6 +609,7 @@ namespace a8_v512 {
 #define EK_VNNI 1
 #define EK_AVX512 1
 #include "wq_a8_x86.h"  // NOLINT(build/include)
+#include "wq_r16_x86.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_VNNI
 #undef EK_AVX512
@@ -562,6 +641,7 @@ namespace a8_neon {
 #define EK_TGT
 #define EK_DOTPROD 0
 #include "wq_a8_neon.h"  // NOLINT(build/include)
+#include "wq_r16_neon.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_DOTPROD
 }  // namespace a8_neon
@@ -576,6 +656,7 @@ namespace a8_neondot {
 #endif
 #define EK_DOTPROD 1
 #include "wq_a8_neon.h"  // NOLINT(build/include)
+#include "wq_r16_neon.h"  // NOLINT(build/include)
 #undef EK_TGT
 #undef EK_DOTPROD
 }  // namespace a8_neondot
@@ -666,7 +747,7 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
     return EK_NO_MEMORY;
   }
   A8 a{qbuf.data(), fbuf.data(), fbuf.data() + s.M * s.G};
-  prep_a8(s, x, a, impl != EK_IMPL_SCALAR);
+  prep_a8(s, x, a, impl != EK_IMPL_SCALAR ? PERM_PAIRS : PERM_PLAIN);
   if (impl == EK_IMPL_SCALAR) {
     parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows_scalar_a8(s, a, qw, sc, zr, y, b0, b1); });
     return EK_OK;
@@ -700,6 +781,72 @@ int linear_a8(const float* x, const Shape& s, const uint8_t* qw, const uint16_t*
       {a8_neondot::rows_neon_a8<2>, a8_neondot::rows_neon_a8<4>, a8_neondot::rows_neon_a8<8>}};
   const Rows rows = table[impl == EK_IMPL_NEON_DOTPROD][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
   parallel_rows(s.N, s.M * s.K, [&](int64_t b0, int64_t b1) { rows(s, a, qs, qw, sc, zr, y, b0, b1); });
+  return EK_OK;
+#else
+  return EK_UNSUPPORTED;
+#endif
+}
+
+// pick_a8 for the r16 layout: the same instruction sets (and EDGEKIT_A8_IMPL override); AVX-512
+// takes every r16 shape (no pair / one-row split as in pick_a8).
+int pick_r16(const Shape& s) {
+  if (const int f = forced_a8(s); f >= 0) return f;
+#ifdef EK_HAVE_X86
+  if (r16_ok(s.bits, s.g) && cpu_has_avx512vnni()) return EK_IMPL_AVX512VNNI;
+#endif
+  return pick_a8(s);
+}
+
+int linear_a8_r16(const float* x, const Shape& s, const uint8_t* qw, const uint16_t* sc,
+                  const uint16_t* zr, float* y, int impl) {
+  if (!r16_ok(s.bits, s.g)) return EK_UNSUPPORTED;
+  if (impl == EK_IMPL_AUTO) impl = pick_r16(s);
+  if (impl != EK_IMPL_SCALAR && impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_AVX512VNNI &&
+      impl != EK_IMPL_NEON && impl != EK_IMPL_NEON_DOTPROD)
+    return EK_UNSUPPORTED;
+  if (!ek_impl_available(impl)) return EK_UNSUPPORTED;
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> fbuf;
+  thread_local std::vector<int32_t> qsbuf;
+  try {
+    if (qbuf.size() < static_cast<size_t>(s.M * s.K_pad)) qbuf.resize(s.M * s.K_pad);
+    if (fbuf.size() < static_cast<size_t>(2 * s.M * s.G)) fbuf.resize(2 * s.M * s.G);
+    if (qsbuf.size() < static_cast<size_t>(s.M * s.G)) qsbuf.resize(s.M * s.G);
+  } catch (const std::bad_alloc&) {
+    return EK_NO_MEMORY;
+  }
+  A8 a{qbuf.data(), fbuf.data(), fbuf.data() + s.M * s.G};
+  const int64_t NB = (s.N + 15) / 16;
+  const int64_t work = 16 * s.M * s.K;  // multiply-adds per block
+  if (impl == EK_IMPL_SCALAR) {
+    prep_a8(s, x, a, PERM_R16_REF);
+    parallel_rows(NB, work, [&](int64_t b0, int64_t b1) { rows_scalar_r16(s, a, qw, sc, zr, y, b0, b1); });
+    return EK_OK;
+  }
+  prep_a8(s, x, a, PERM_R16);
+#ifdef EK_HAVE_X86
+  using Rows = void (*)(const Shape&, const A8&, const uint8_t*, const uint16_t*, const uint16_t*, float*,
+                        int64_t, int64_t);
+  static const Rows table[3][3] = {  // [avx2, avxvnni, avx512vnni][bits 2, 4, 8]
+      {a8_avx2::rows_r16<2>, a8_avx2::rows_r16<4>, a8_avx2::rows_r16<8>},
+      {a8_vnni::rows_r16<2>, a8_vnni::rows_r16<4>, a8_vnni::rows_r16<8>},
+      {a8_v512::rows_r16<2>, a8_v512::rows_r16<4>, a8_v512::rows_r16<8>}};
+  if (impl == EK_IMPL_NEON || impl == EK_IMPL_NEON_DOTPROD) return EK_UNSUPPORTED;
+  const int isa = impl == EK_IMPL_AVX512VNNI ? 2 : impl == EK_IMPL_AVXVNNI ? 1 : 0;
+  const Rows rows = table[isa][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
+  parallel_rows(NB, work, [&](int64_t b0, int64_t b1) { rows(s, a, qw, sc, zr, y, b0, b1); });
+  return EK_OK;
+#elif defined(EK_HAVE_NEON)
+  if (s.bits == 8) a8_neon::a8_neon_qsum(s, a, qsbuf.data());
+  const int32_t* qs = qsbuf.data();
+  using Rows = void (*)(const Shape&, const A8&, const int32_t*, const uint8_t*, const uint16_t*,
+                        const uint16_t*, float*, int64_t, int64_t);
+  static const Rows table[2][3] = {  // [dotprod][bits 2, 4, 8]
+      {a8_neon::rows_r16_neon<2>, a8_neon::rows_r16_neon<4>, a8_neon::rows_r16_neon<8>},
+      {a8_neondot::rows_r16_neon<2>, a8_neondot::rows_r16_neon<4>, a8_neondot::rows_r16_neon<8>}};
+  if (impl != EK_IMPL_NEON && impl != EK_IMPL_NEON_DOTPROD) return EK_UNSUPPORTED;
+  const Rows rows = table[impl == EK_IMPL_NEON_DOTPROD][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
+  parallel_rows(NB, work, [&](int64_t b0, int64_t b1) { rows(s, a, qs, qw, sc, zr, y, b0, b1); });
   return EK_OK;
 #else
   return EK_UNSUPPORTED;
@@ -867,6 +1014,54 @@ double ek_bench_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t
                              const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
                              int64_t group_size, float* y, int impl, int iters) {
   return time_calls(iters, [&] { return ek_linear_wq_a8(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl); });
+}
+
+int64_t ek_r16_bytes(int64_t N, int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  if (!make_shape(1, K, N, bits, group_size, &s) || !r16_ok(bits, s.g)) return -1;
+  return (N + 15) / 16 * 16 * s.row_bytes;
+}
+
+int ek_interleave_r16(const uint8_t* qweight, const uint16_t* scale, const uint16_t* zero, int64_t N,
+                      int64_t K, int bits, int64_t group_size, uint8_t* qw_r16, uint16_t* scale_r16,
+                      uint16_t* zero_r16) {
+  Shape s;
+  if (!qweight || !scale || !zero || !qw_r16 || !scale_r16 || !zero_r16) return EK_BAD_ARG;
+  if (!make_shape(1, K, N, bits, group_size, &s)) return EK_BAD_ARG;
+  if (!r16_ok(bits, s.g)) return EK_UNSUPPORTED;
+  const int64_t NB = (N + 15) / 16;
+  std::memset(qw_r16, 0, static_cast<size_t>(NB * 16 * s.row_bytes));
+  std::memset(scale_r16, 0, sizeof(uint16_t) * NB * 16 * s.G);
+  std::memset(zero_r16, 0, sizeof(uint16_t) * NB * 16 * s.G);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t i = 0; i < s.row_bytes; ++i) qw_r16[r16_byte(s, n, i)] = qweight[n * s.row_bytes + i];
+    for (int64_t g = 0; g < s.G; ++g) {
+      scale_r16[((n / 16) * s.G + g) * 16 + n % 16] = scale[n * s.G + g];
+      zero_r16[((n / 16) * s.G + g) * 16 + n % 16] = zero[n * s.G + g];
+    }
+  }
+  return EK_OK;
+}
+
+int ek_linear_wq_a8_r16(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                        const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                        int64_t group_size, float* y, int impl) {
+  Shape s;
+  if (!x || !qweight || !scale || !zero || !y) return EK_BAD_ARG;
+  if (!make_shape(M, K, N, bits, group_size, &s)) return EK_BAD_ARG;
+  return linear_a8_r16(x, s, qweight, scale, zero, y, impl);
+}
+
+int ek_linear_wq_a8_r16_pick(int64_t K, int bits, int64_t group_size) {
+  Shape s;
+  if (!make_shape(1, K, 1, bits, group_size, &s) || !r16_ok(bits, s.g)) return -1;
+  return pick_r16(s);
+}
+
+double ek_bench_linear_wq_a8_r16(const float* x, int64_t M, int64_t K, const uint8_t* qweight,
+                                 const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
+                                 int64_t group_size, float* y, int impl, int iters) {
+  return time_calls(iters, [&] { return ek_linear_wq_a8_r16(x, M, K, qweight, scale, zero, N, bits, group_size, y, impl); });
 }
 
 const char* ek_status_str(int status) {

@@ -86,6 +86,28 @@ double ek_bench_linear_wq_a8(const float* x, int64_t M, int64_t K, const uint8_t
                              const uint16_t* scale, const uint16_t* zero, int64_t N, int bits,
                              int64_t group_size, float* y, int impl, int iters);
 
+/* The row-interleaved ("r16") layout of the a8 path, for shapes with g * b / 8 a multiple of 16
+ * bytes (b = 2, 4, 8): the same codes, scales and zeros as the layout above, reordered so that
+ * SIMD lanes are output rows (no horizontal reductions; wq_r16_x86.h). Rows are padded with
+ * zeros to NB = ceil(N / 16) blocks of 16; with ub = row_bytes / G bytes per group and row,
+ *   qweight_r16[((blk * G + g) * (ub / 4) + d) * 64 + 4 r + b] = qweight[16 blk + r, g * ub + 4 d + b]
+ *   scale_r16[(blk * G + g) * 16 + r] = scale[16 blk + r, g]   (zero_r16 likewise)
+ * edgekit/quant/layout.py (interleave_r16) is the definition; ek_interleave_r16 writes the same
+ * bytes (ek_r16_bytes of qweight_r16, NB * 16 * G halves each of scale_r16 and zero_r16).
+ * ek_linear_wq_a8_r16 computes ek_linear_wq_a8's y up to float rounding (each row:
+ * f = fma(isum_g, scale * dx_g, f), z = fma(zero, xsum_g, z) over groups, y = f + z; bit-identical
+ * across scalar, AVX2, AVX-VNNI, AVX-512 and NEON). EK_UNSUPPORTED for other shapes. */
+int64_t ek_r16_bytes(int64_t N, int64_t K, int bits, int64_t group_size);
+int ek_interleave_r16(const uint8_t* qweight, const uint16_t* scale, const uint16_t* zero, int64_t N,
+                      int64_t K, int bits, int64_t group_size, uint8_t* qw_r16, uint16_t* scale_r16,
+                      uint16_t* zero_r16);
+int ek_linear_wq_a8_r16(const float* x, int64_t M, int64_t K, const uint8_t* qweight_r16,
+                        const uint16_t* scale_r16, const uint16_t* zero_r16, int64_t N, int bits,
+                        int64_t group_size, float* y, int impl);
+int ek_linear_wq_a8_r16_pick(int64_t K, int bits, int64_t group_size);
+double ek_bench_linear_wq_a8_r16(const float* x, int64_t M, int64_t K, const uint8_t* qweight_r16,
+                                 const uint16_t* scale_r16, const uint16_t* zero_r16, int64_t N, int bits,
+                                 int64_t group_size, float* y, int impl, int iters);
 /* Which implementation EK_IMPL_AUTO would use for this shape on this CPU (an ek_impl). */
 int ek_linear_wq_pick(int64_t K, int bits, int64_t group_size);
 

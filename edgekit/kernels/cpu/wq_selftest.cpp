@@ -58,7 +58,7 @@ std::vector<uint8_t> pack(const std::vector<int>& codes, int64_t N, int64_t K, i
 enum Mode { RANDOM, EXACT, EXTREME };
 
 bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl, unsigned seed,
-              bool a8 = false, Mode mode = RANDOM) {
+              bool a8 = false, Mode mode = RANDOM, bool r16 = false) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> code(0, (1 << bits) - 1), xint(-127, 127);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
@@ -94,9 +94,26 @@ bool run_case(int64_t M, int64_t N, int64_t K, int bits, int64_t group, int impl
     maxerr = std::fmax(maxerr, std::fabs(ref[i] - y[i]));
   }
   bool ok = st == EK_OK && st2 == EK_OK && (exact ? maxerr == 0.f : maxerr <= 2e-5f * maxref);
+  if (r16) {  // the same weights interleaved: the SIMD rows bit-identical to the r16 reference
+    const int64_t NB = (N + 15) / 16;
+    std::vector<uint8_t> qi(static_cast<size_t>(ek_r16_bytes(N, K, bits, group)));
+    std::vector<uint16_t> si(NB * 16 * G), zi(NB * 16 * G);
+    std::vector<float> ys(M * N), yi(M * N);
+    const int st3 = ek_interleave_r16(q.data(), sc.data(), zr.data(), N, K, bits, group, qi.data(), si.data(), zi.data());
+    const int st4 = ek_linear_wq_a8_r16(x.data(), M, K, qi.data(), si.data(), zi.data(), N, bits, group, ys.data(),
+                                        EK_IMPL_SCALAR);
+    const int st5 = ek_linear_wq_a8_r16(x.data(), M, K, qi.data(), si.data(), zi.data(), N, bits, group, yi.data(), impl);
+    float rerr = 0.f;
+    for (int64_t i = 0; i < M * N; ++i) rerr = std::fmax(rerr, std::fabs(ref[i] - ys[i]));
+    const bool same = std::memcmp(ys.data(), yi.data(), sizeof(float) * M * N) == 0;
+    ok = ok && st3 == EK_OK && st4 == EK_OK && st5 == EK_OK && same &&
+         (exact ? rerr == 0.f : rerr <= 2e-5f * maxref);
+    maxerr = std::fmax(maxerr, rerr);
+    if (!same) std::printf("r16 rows differ from the r16 reference\n");
+  }
   static const char* const mode_name[] = {"", " exact", " extreme"};
-  std::printf("%s%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld%s max_err=%.2e rel_err=%.2e\n",
-              ok ? "ok  " : "FAIL", a8 ? " a8" : "", impl, bits, static_cast<long long>(M),
+  std::printf("%s%s%s impl=%d bits=%d M=%lld N=%lld K=%lld g=%lld%s max_err=%.2e rel_err=%.2e\n",
+              ok ? "ok  " : "FAIL", a8 ? " a8" : "", r16 ? " r16" : "", impl, bits, static_cast<long long>(M),
               static_cast<long long>(N), static_cast<long long>(K), static_cast<long long>(group),
               mode_name[mode], maxerr, maxref > 0 ? maxerr / maxref : 0.0);
   return ok;
@@ -129,7 +146,7 @@ int main() {
   } a8shapes[] = {{1, 37, 576, 64}, {3, 5, 1536, 64}, {1, 9, 192, 128}, {2, 7, 576, 32},
                   {1, 11, 576, 0}, {4, 13, 320, 160}, {1, 3, 96, 16}, {5, 6, 90, 32},
                   {2, 9, 200, 64}, {3, 7, 300, 96}, {1, 5, 460, 192}, {2, 4, 100, 48},
-                  {6, 3, 1040, 0}, {1, 8, 330, 16}, {7, 5, 144, 0}};
+                  {6, 3, 1040, 0}, {1, 8, 330, 16}, {7, 5, 144, 0}, {2, 33, 576, 64}, {1, 48, 352, 32}};
   for (int impl : {EK_IMPL_AVX2, EK_IMPL_AVXVNNI, EK_IMPL_AVX512VNNI, EK_IMPL_NEON, EK_IMPL_NEON_DOTPROD}) {
     if (!ek_impl_available(impl)) continue;
     int a8_checked = 0, a8_failed = 0;
@@ -140,6 +157,8 @@ int main() {
         for (Mode mode : {RANDOM, EXACT, EXTREME}) {
           ++a8_checked;
           if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.K + bits), true, mode)) ++a8_failed;
+          ++a8_checked;  // the row-interleaved layout of the same case
+          if (!run_case(s.M, s.N, s.K, bits, s.g, impl, static_cast<unsigned>(s.K + bits), true, mode, true)) ++a8_failed;
         }
       }
     }
@@ -150,7 +169,8 @@ int main() {
     checked += a8_checked;
     failed += a8_failed;
   }
-  std::printf("a8 pick w2g64: impl=%d\n", ek_linear_wq_a8_pick(576, 2, 64));
+  std::printf("a8 pick w2g64: impl=%d, r16: impl=%d\n", ek_linear_wq_a8_pick(576, 2, 64),
+              ek_linear_wq_a8_r16_pick(576, 2, 64));
   std::printf("%d checked, %d failed\n", checked, failed);
   return failed == 0 && checked > 0 ? 0 : 1;
 }
