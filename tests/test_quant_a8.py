@@ -105,6 +105,76 @@ def test_a8_w2_avx512_pairs_bit_identical_to_avx2_pairs(N, K):
         assert np.array_equal(linear_wq(x, q, scale, zero, 2, 64, impl=impl, act_bits=8), y5), impl
 
 
+R16_CASES = [c for c in A8_CASES if c[0] in (2, 4, 8) and (Layout(c[0], c[1]).group(c[3]) * c[0]) % 128 == 0]
+R16_CASES += [(2, 64, 48, 576), (4, 32, 33, 576), (2, 64, 1, 64), (8, None, 17, 96)]  # whole, +1 block; 1 row
+
+
+@pytest.mark.parametrize("bits,group,N,K", R16_CASES)
+def test_r16_interleave_round_trip_and_native_bytes(bits, group, N, K):
+    """interleave_r16 is a pure reordering with zero-padded rows (its inverse gives the exact
+    tensors back), and the C library writes the same bytes (ek_interleave_r16)."""
+    from edgekit.kernels.cpu import interleave_r16_native
+    from edgekit.quant.layout import deinterleave_r16, interleave_r16
+
+    lay, codes, q, scale, zero = _case(bits, group, N, K, seed=N + 7 * K)
+    qi, si, zi = interleave_r16(q, scale, zero, lay, K)
+    NB, G = -(-N // 16), lay.n_groups(K)
+    assert qi.shape == (NB, 16 * lay.row_bytes(K)) and si.shape == zi.shape == (NB, 16 * G)
+    assert int(qi.sum()) == int(q.sum())  # padding adds only zeros
+    for a, b in zip(deinterleave_r16(qi, si, zi, lay, K, N), (q, scale, zero)):
+        assert torch.equal(a, b)
+    nq, ns, nz = interleave_r16_native(q, scale, zero, bits, group, K)
+    assert np.array_equal(nq, qi.numpy())
+    assert np.array_equal(ns, si.view(torch.int16).numpy().view(np.uint16))
+    assert np.array_equal(nz, zi.view(torch.int16).numpy().view(np.uint16))
+    # row 16 b + r, byte 4 d + c of group g sits at line (g, d) of block b, lane r
+    if N > 17 and K >= 64:
+        ub = lay.row_bytes(K) // G
+        assert qi[1, (0 * (ub // 4) + 1) * 64 + 4 * 1 + 2] == q[17, 4 * 1 + 2]
+
+
+@pytest.mark.parametrize("bits,group,N,K", R16_CASES)
+@pytest.mark.parametrize("M", [1, 5])
+def test_r16_kernel_matches_reference_bit_identical_across_impls(bits, group, N, K, M):
+    """The r16 kernels against the torch a8 reference on the canonical weights, and every
+    implementation (scalar, AVX2, AVX-VNNI, AVX-512) the same bits as the scalar r16 rows."""
+    from edgekit.kernels.cpu import available_impls, linear_wq_r16
+    from edgekit.quant.layout import interleave_r16
+
+    lay, codes, q, scale, zero = _case(bits, group, N, K, seed=N * K + bits + 1)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M + 1))
+    ref = linear_a8_reference(x, q, scale, zero, lay, K)
+    qi, si, zi = interleave_r16(q, scale, zero, lay, K)
+    y0 = linear_wq_r16(x, qi, si, zi, bits, group, N, impl="scalar")
+    rel = float((torch.from_numpy(y0) - ref).abs().max() / ref.abs().max())
+    assert y0.shape == (M, N) and rel < 1e-5, rel
+    for impl in ["auto"] + [i for i in ("avx2", "avxvnni", "avx512vnni") if i in available_impls()]:
+        assert np.array_equal(linear_wq_r16(x, qi, si, zi, bits, group, N, impl=impl), y0), impl
+
+
+def test_r16_op_reference_and_export_lowering():
+    """``edgekit::linear_w2a8_r16``'s eager reference equals the canonical a8 op on the same
+    weights; ETPackedLinear stores an a8 w2g64 linear (37 rows: a padded last block) in the r16
+    order and calls that op with the right output width; a float-activation linear keeps the
+    canonical order and op."""
+    import edgekit.kernels.ops  # noqa: F401
+    from edgekit.export.quant_lower import ETPackedLinear
+    from edgekit.quant.layout import interleave_r16
+    from edgekit.quant.modules import PackedLinearW2
+
+    lay, codes, q, scale, zero = _case(2, 64, 37, 576, seed=5)
+    x = torch.randn(2, 3, 576)
+    qi, si, zi = interleave_r16(q, scale, zero, lay, 576)
+    y = torch.ops.edgekit.linear_w2a8_r16(x, qi, si, zi, 64, 576, 37)
+    assert torch.equal(y, torch.ops.edgekit.linear_w2a8(x, q, scale, zero, 64, 576))
+    m = PackedLinearW2.from_codes(codes, scale, zero, 64)
+    assert ETPackedLinear(m).op_name == "linear_w2"
+    m.act_bits = 8
+    et = ETPackedLinear(m)
+    assert et.op_name == "linear_w2a8_r16" and et.qweight.shape == (3, 16 * lay.row_bytes(576))
+    assert torch.equal(et(x), m(x))
+
+
 @pytest.mark.parametrize("bits,group", [(2, 64), (4, 32), (8, None)])
 def test_a8_reference_close_to_float_activations(bits, group):
     lay, codes, q, scale, zero = _case(bits, group, 64, 576, seed=3)
@@ -138,7 +208,7 @@ def test_stories_w2a8_tokens_eager_executorch_native(stories_w2a8):
     d, res, man = stories_w2a8
     assert res["config"]["act_bits"] == 8 and man["quantization"]["act_bits"] == 8
     prog = man["programs"]["executorch"]
-    assert prog["custom_ops"] == ["edgekit::linear_w2a8", "edgekit::qkv_attn", "edgekit::rms_norm",
+    assert prog["custom_ops"] == ["edgekit::linear_w2a8_r16", "edgekit::qkv_attn", "edgekit::rms_norm",
                                   "edgekit::swiglu_gu"]
     assert prog["delegate_calls"] <= 1  # only the float (tied) head is XNNPACK's
     # RoPE, the cache writes and v's transpose live inside edgekit::qkv_attn, which takes the fused

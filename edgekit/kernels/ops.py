@@ -9,6 +9,9 @@ Operators (layout: edgekit/quant/layout.py; ``group_size <= 0`` = one group per 
     edgekit::linear_w3 / linear_w4 / linear_w8(...same...)
     edgekit::linear_w{2,3,4,8}.out(..., *, Tensor(a!) out) -> Tensor(a!)
     edgekit::linear_w{2,3,4,8}a8(...same...)   int8 activations per group (QuantConfig.act_bits=8)
+    edgekit::linear_w{2,4,8}a8_r16(..., int in_features, int out_features)
+        the a8 linear on weights in the row-interleaved order (edgekit.quant.layout.interleave_r16),
+        which is what ExecuTorch programs store: the CPU kernels' SIMD lanes are output rows
     edgekit::sdpa_cache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor
         attention over the static KV cache; the C++ op reads only the visible slots, so a
         decode step costs O(context) instead of O(max_seq_len) (kernels/cpu/attn.h)
@@ -104,6 +107,41 @@ def _define(name: str, bits: int) -> None:
 
 for _name, _bits in BITS.items():
     _define(_name, _bits)
+
+# The a8 linears on weights in the row-interleaved r16 order (edgekit.quant.layout.interleave_r16),
+# the order ExecuTorch programs store: the reference puts the rows back and runs the a8 reference.
+R16_BITS = {"linear_w2a8_r16": 2, "linear_w4a8_r16": 4, "linear_w8a8_r16": 8}
+_R16_SCHEMA = _SCHEMA + ", int out_features"
+
+
+def _define_r16(name: str, bits: int) -> None:
+    _lib.define(f"{name}{_R16_SCHEMA}) -> Tensor")
+    _lib.define(f"{name}.out{_R16_SCHEMA}, *, Tensor(a!) out) -> Tensor(a!)")
+
+    def functional(x, qweight, scale, zero, group_size, in_features, out_features):
+        from edgekit.quant.layout import Layout, deinterleave_r16
+
+        lay = Layout(bits, group_size if group_size > 0 else None)
+        q, s, z = deinterleave_r16(qweight, scale, zero, lay, in_features, out_features)
+        return _reference(x, q, s, z, group_size, in_features, bits, a8=True)
+
+    def out_variant(x, qweight, scale, zero, group_size, in_features, out_features, *, out):
+        y = functional(x, qweight, scale, zero, group_size, in_features, out_features)
+        out.resize_(y.shape)
+        out.copy_(y)
+        return out
+
+    def fake(x, qweight, scale, zero, group_size, in_features, out_features):
+        torch._check(x.shape[-1] == in_features, lambda: f"x last dim must be in_features {in_features}")
+        return x.new_empty((*x.shape[:-1], out_features), dtype=torch.float32)
+
+    _lib.impl(name, functional, "CompositeExplicitAutograd")
+    _lib.impl(f"{name}.out", out_variant, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
+
+
+for _name, _bits in R16_BITS.items():
+    _define_r16(_name, _bits)
 
 
 def _define_simple(name: str, schema: str, reference, fake, out_alias: str = "a") -> None:
@@ -204,6 +242,6 @@ def load_et_kernels() -> str:
             import executorch.extension.pybindings.portable_lib  # noqa: F401
 
             _et_loaded = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            if _et_loaded.ek_et_ops_registered() != len(BITS) + len(ATTENTION_OPS) + len(ELEMENTWISE_OPS):
+            if _et_loaded.ek_et_ops_registered() != len(BITS) + len(R16_BITS) + len(ATTENTION_OPS) + len(ELEMENTWISE_OPS):
                 raise RuntimeError("edgekit ExecuTorch ops did not register")
         return path

@@ -229,3 +229,60 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     g = layout.group(K)
     idx = torch.arange(K) // g
     return codes.to(scale.dtype) * scale[:, idx] + zero[:, idx]
+
+
+# --- row-interleaved kernel layout (r16) --------------------------------------------------------
+# A reordering of the bytes above for the int8-activation CPU kernels (edgekit/kernels/cpu,
+# wq_r16_x86.h): rows in blocks of 16, each 64-byte line holding one 4-byte word of one group of
+# the block's 16 rows, so that SIMD lanes are output rows (no per-row horizontal sums). The codes,
+# scales and zeros are the same values; only their order changes, and rows are zero-padded to a
+# multiple of 16. It applies where a group is a whole number of 16-byte units
+# (``group * bits / 8 % 16 == 0``: w2 g%64, w4 g%32, w8 g%16 or per channel with K % 16 == 0;
+# not 3 bits). With ``ub = row_bytes / G`` bytes per group and row, ``NB = ceil(N / 16)``::
+#
+#     qweight_r16[blk, (g * ub/4 + d) * 64 + 4 r + b] = qweight[16 blk + r, g * ub + 4 d + b]
+#     scale_r16[blk, g * 16 + r] = scale[16 blk + r, g]          (zero_r16 likewise)
+#
+# qweight_r16 is uint8 [NB, 16 * row_bytes], scale_r16 / zero_r16 float16 [NB, 16 * G].
+# ExecuTorch programs store linears in it (edgekit::linear_w{b}a8_r16, edgekit/export/quant_lower.py);
+# checkpoints, ONNX and CUDA keep the layout above.
+
+R16 = 16  # rows per block
+
+
+def r16_applies(layout: Layout, K: int) -> bool:
+    """Whether the r16 order exists for this layout and row length."""
+    return layout.bits in (2, 4, 8) and (layout.group(K) * layout.bits) % 128 == 0
+
+
+def interleave_r16(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, layout: Layout,
+                   K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(qweight, scale, zero) in the canonical layout -> the r16 order (see above)."""
+    if not r16_applies(layout, K):
+        raise ValueError(f"no r16 order for {layout} at K={K}")
+    N, rb = qweight.shape
+    G = layout.n_groups(K)
+    NB = -(-N // R16)
+    pad = NB * R16 - N
+    q = torch.nn.functional.pad(qweight, (0, 0, 0, pad)).reshape(NB, R16, G, rb // G // 4, 4)
+    q = q.permute(0, 2, 3, 1, 4).reshape(NB, R16 * rb).contiguous()
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        t = torch.cat([t, t.new_zeros((pad, G))]) if pad else t
+        return t.reshape(NB, R16, G).transpose(1, 2).reshape(NB, R16 * G).contiguous()
+
+    return q, meta(scale), meta(zero)
+
+
+def deinterleave_r16(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, layout: Layout,
+                     K: int, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of ``interleave_r16`` for ``N`` real rows."""
+    NB = qweight.shape[0]
+    G = layout.n_groups(K)
+    rb = layout.row_bytes(K)
+    q = qweight.reshape(NB, G, rb // G // 4, R16, 4).permute(0, 3, 1, 2, 4).reshape(NB * R16, rb)[:N]
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(NB, G, R16).transpose(1, 2).reshape(NB * R16, G)[:N]
+
+    return q.contiguous(), meta(scale).contiguous(), meta(zero).contiguous()

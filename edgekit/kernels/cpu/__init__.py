@@ -58,6 +58,16 @@ def lib() -> ctypes.CDLL:
             L.ek_linear_wq_a8_pick.restype = ctypes.c_int
             L.ek_bench_linear_wq_a8.argtypes = L.ek_bench_linear_wq.argtypes
             L.ek_bench_linear_wq_a8.restype = ctypes.c_double
+            L.ek_linear_wq_a8_r16.argtypes = L.ek_linear_wq_a8.argtypes
+            L.ek_linear_wq_a8_r16.restype = ctypes.c_int
+            L.ek_linear_wq_a8_r16_pick.argtypes = [i64, ctypes.c_int, i64]
+            L.ek_linear_wq_a8_r16_pick.restype = ctypes.c_int
+            L.ek_bench_linear_wq_a8_r16.argtypes = L.ek_bench_linear_wq.argtypes
+            L.ek_bench_linear_wq_a8_r16.restype = ctypes.c_double
+            L.ek_r16_bytes.argtypes = [i64, i64, ctypes.c_int, i64]
+            L.ek_r16_bytes.restype = i64
+            L.ek_interleave_r16.argtypes = [u8p, u16p, u16p, i64, i64, ctypes.c_int, i64, u8p, u16p, u16p]
+            L.ek_interleave_r16.restype = ctypes.c_int
             f, c_int = ctypes.c_float, ctypes.c_int
             L.ek_sdpa_cache_impl.argtypes = [f32p, i64, i64, i64, f32p, f32p, i64, i64, f32p, f, f32p, c_int]
             L.ek_rms_norm.argtypes = [f32p, f32p, i64, i64, f, f32p]
@@ -204,10 +214,59 @@ def linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: 
     return y
 
 
+def interleave_r16_native(qweight, scale, zero, bits: int, group_size: int | None, K: int):
+    """The C library's canonical -> r16 reordering (wq_linear.h ``ek_interleave_r16``): numpy
+    (qweight uint8 [NB, 16 row_bytes], scale, zero as uint16 bit patterns [NB, 16 G]). The
+    definition is edgekit.quant.layout.interleave_r16; the tests hold the two to the same bytes."""
+    q = _arr(qweight, np.uint8)
+    s, z = _half_bits(scale), _half_bits(zero)
+    N, gs, L, P = q.shape[0], int(group_size or 0), lib(), ctypes.POINTER
+    nbytes = L.ek_r16_bytes(N, K, bits, gs)
+    if nbytes < 0:
+        raise UserError(f"no r16 order for bits={bits}, group_size={gs}, K={K}",
+                        "r16 needs group_size * bits a multiple of 128 (w2 g64, w4 g32, w8 g16)")
+    NB, G = -(-N // 16), s.shape[1]
+    qi = np.empty((NB, nbytes // NB), np.uint8)
+    si, zi = np.empty((NB, 16 * G), np.uint16), np.empty((NB, 16 * G), np.uint16)
+    u8, u16 = P(ctypes.c_uint8), P(ctypes.c_uint16)
+    st = L.ek_interleave_r16(q.ctypes.data_as(u8), s.ctypes.data_as(u16), z.ctypes.data_as(u16), N, K, bits, gs,
+                             qi.ctypes.data_as(u8), si.ctypes.data_as(u16), zi.ctypes.data_as(u16))
+    if st != 0:
+        raise UserError(f"interleave failed: {L.ek_status_str(st).decode()}", "check the packed shapes")
+    return qi, si, zi
+
+
+def linear_wq_r16(x, qweight_r16, scale_r16, zero_r16, bits: int, group_size: int | None, out_features: int,
+                  impl: str = "auto") -> np.ndarray:
+    """``y = x @ W_hat^T`` with int8 activations on weights in the r16 order
+    (edgekit.quant.layout.interleave_r16): float32 numpy (..., out_features)."""
+    xa = _arr(x, np.float32)
+    K, N, gs, L = xa.shape[-1], int(out_features), int(group_size or 0), lib()
+    q = _arr(qweight_r16, np.uint8)
+    s, z = _half_bits(scale_r16), _half_bits(zero_r16)
+    nbytes = L.ek_r16_bytes(N, K, bits, gs)
+    G = -(-K // (gs if gs > 0 else K))
+    NB = -(-N // 16)
+    if nbytes < 0 or q.size != nbytes or s.size != NB * 16 * G or z.size != NB * 16 * G:
+        raise UserError(f"r16 shapes {q.shape}, {s.shape}, {z.shape} do not match N={N}, K={K}, bits={bits}, "
+                        f"group_size={gs}", "reorder with edgekit.quant.layout.interleave_r16")
+    M = int(np.prod(xa.shape[:-1], dtype=np.int64))
+    y = np.empty((*xa.shape[:-1], N), dtype=np.float32)
+    P = ctypes.POINTER
+    st = L.ek_linear_wq_a8_r16(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
+                               s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits,
+                               gs, y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl])
+    if st != 0:
+        raise UserError(f"kernel {impl} failed: {L.ek_status_str(st).decode()}",
+                        f"available here: {', '.join(available_impls())}")
+    return y
+
+
 def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, impl: str = "auto",
-                    iters: int = 100, act_bits: int | None = None) -> float:
+                    iters: int = 100, act_bits: int | None = None, r16: bool = False) -> float:
     """Mean seconds per kernel call over ``iters`` back-to-back calls timed inside C (one
-    untimed call first), so Python and ctypes overhead are not counted."""
+    untimed call first), so Python and ctypes overhead are not counted. ``r16``: the canonical
+    weights are reordered first and the r16 kernel is timed (int8 activations)."""
     xa, q = _arr(x, np.float32), _arr(qweight, np.uint8)
     s, z = _half_bits(scale), _half_bits(zero)
     K = xa.shape[-1]
@@ -217,6 +276,10 @@ def bench_linear_wq(x, qweight, scale, zero, bits: int, group_size: int | None, 
     P = ctypes.POINTER
     _check_act(act_bits)
     fn = lib().ek_bench_linear_wq_a8 if act_bits == 8 else lib().ek_bench_linear_wq
+    if r16:
+        _check_act(8 if act_bits is None else act_bits)
+        q, s, z = interleave_r16_native(q, s, z, bits, group_size, K)
+        fn = lib().ek_bench_linear_wq_a8_r16
     t = fn(xa.ctypes.data_as(P(ctypes.c_float)), M, K, q.ctypes.data_as(P(ctypes.c_uint8)),
            s.ctypes.data_as(P(ctypes.c_uint16)), z.ctypes.data_as(P(ctypes.c_uint16)), N, bits,
            int(group_size or 0), y.ctypes.data_as(P(ctypes.c_float)), IMPLS[impl], int(iters))

@@ -5,6 +5,8 @@
 //                          int group_size, int in_features, *, Tensor(a!) out) -> Tensor(a!)
 //   edgekit::linear_w3.out / linear_w4.out / linear_w8.out(... same ...)
 //   edgekit::linear_w{2,3,4,8}a8.out(... same ...)  int8 activations per group (ek_linear_wq_a8)
+//   edgekit::linear_w{2,4,8}a8_r16.out(..., int in_features, int out_features, *, out)  the same
+//                           on weights in the row-interleaved order (ek_linear_wq_a8_r16)
 //   edgekit::sdpa_cache.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, *,
 //                           Tensor(a!) out) -> Tensor(a!)         attention over the KV cache
 //                           reading only visible slots (attn.h)
@@ -138,6 +140,60 @@ EK_A8_OP(3)
 EK_A8_OP(4)
 EK_A8_OP(8)
 #undef EK_A8_OP
+
+// edgekit::linear_w{2,4,8}a8_r16.out(x, qweight, scale, zero, group_size, in_features,
+// out_features, *, out): the a8 linear on weights in the row-interleaved order
+// (wq_linear.h ek_linear_wq_a8_r16; qweight uint8 [ceil(N / 16), 16 row_bytes], scale and zero
+// float16 [ceil(N / 16), 16 G]).
+template <int BITS>
+Tensor& linear_r16_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scale,
+                       const Tensor& zero, int64_t group_size, int64_t in_features, int64_t out_features,
+                       Tensor& out) {
+  const int64_t K = in_features, N = out_features;
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
+                      InvalidArgument, out, "edgekit::linear_w%da8_r16: x and out must be float32", BITS);
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && K > 0 && N > 0 && x.size(x.dim() - 1) == K, InvalidArgument, out,
+                      "edgekit::linear_w%da8_r16: x last dim must equal in_features %lld", BITS,
+                      static_cast<long long>(K));
+  const int64_t nbytes = ek_r16_bytes(N, K, BITS, group_size);
+  const int64_t NB = (N + 15) / 16;
+  const int64_t g = group_size <= 0 ? K : group_size;
+  const int64_t G = (K + g - 1) / g;
+  ET_KERNEL_CHECK_MSG(ctx, nbytes > 0 && qweight.scalar_type() == ScalarType::Byte && qweight.dim() == 2 &&
+                               qweight.size(0) == NB && qweight.numel() == nbytes,
+                      InvalidArgument, out, "edgekit::linear_w%da8_r16: qweight must be uint8 [%lld, %lld]", BITS,
+                      static_cast<long long>(NB), static_cast<long long>(nbytes > 0 ? nbytes / NB : 0));
+  for (const Tensor* t : {&scale, &zero}) {
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Half && t->dim() == 2 && t->size(0) == NB &&
+                             t->size(1) == 16 * G,
+                        InvalidArgument, out, "edgekit::linear_w%da8_r16: scale/zero must be float16 [%lld, %lld]",
+                        BITS, static_cast<long long>(NB), static_cast<long long>(16 * G));
+  }
+  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
+  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
+  sizes[x.dim() - 1] = static_cast<SizesType>(N);
+  ET_KERNEL_CHECK_MSG(ctx,
+                      executorch::runtime::resize_tensor(
+                          out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
+                      InvalidArgument, out, "edgekit::linear_w%da8_r16: cannot resize out", BITS);
+  const int st = ek_linear_wq_a8_r16(x.const_data_ptr<float>(), x.numel() / K, K, qweight.const_data_ptr<uint8_t>(),
+                                     static_cast<const uint16_t*>(scale.const_data_ptr()),
+                                     static_cast<const uint16_t*>(zero.const_data_ptr()), N, BITS, group_size,
+                                     out.mutable_data_ptr<float>(), EK_IMPL_AUTO);
+  ET_KERNEL_CHECK_MSG(ctx, st == EK_OK, Internal, out, "edgekit::linear_w%da8_r16: %s", BITS, ek_status_str(st));
+  return out;
+}
+
+#define EK_R16_OP(B)                                                                                        \
+  Tensor& linear_w##B##a8_r16_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,         \
+                                  const Tensor& scale, const Tensor& zero, int64_t group_size,              \
+                                  int64_t in_features, int64_t out_features, Tensor& out) {                 \
+    return linear_r16_out<B>(ctx, x, qweight, scale, zero, group_size, in_features, out_features, out);     \
+  }
+EK_R16_OP(2)
+EK_R16_OP(4)
+EK_R16_OP(8)
+#undef EK_R16_OP
 
 // What attend() needs, checked by every attention op before it writes anything: caches float32
 // [1, KV, S, hd] of one shape with KV dividing H, mask float32 [T, S], out float32.
@@ -355,6 +411,9 @@ EXECUTORCH_LIBRARY(edgekit, "linear_w2a8.out", edgekit::linear_w2a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w3a8.out", edgekit::linear_w3a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w4a8.out", edgekit::linear_w4a8_out);
 EXECUTORCH_LIBRARY(edgekit, "linear_w8a8.out", edgekit::linear_w8a8_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w2a8_r16.out", edgekit::linear_w2a8_r16_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w4a8_r16.out", edgekit::linear_w4a8_r16_out);
+EXECUTORCH_LIBRARY(edgekit, "linear_w8a8_r16.out", edgekit::linear_w8a8_r16_out);
 EXECUTORCH_LIBRARY(edgekit, "sdpa_cache.out", edgekit::sdpa_cache_out);
 EXECUTORCH_LIBRARY(edgekit, "sdpa_kv.out", edgekit::sdpa_kv_out);
 EXECUTORCH_LIBRARY(edgekit, "rms_norm.out", edgekit::rms_norm_out);
@@ -364,4 +423,4 @@ EXECUTORCH_LIBRARY(edgekit, "qkv_attn.out", edgekit::qkv_attn_out);
 EXECUTORCH_LIBRARY(edgekit, "swiglu_gu.out", edgekit::swiglu_gu_out);
 
 // Lets a loader (and the tests) check that this library's registrations ran.
-extern "C" int ek_et_ops_registered(void) { return 15; }
+extern "C" int ek_et_ops_registered(void) { return 18; }
