@@ -127,7 +127,7 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
             int32_t x4;
             std::memcpy(&x4, xg + (d * CPB + j) * 4, 4);
             const __m256i xb = _mm256_set1_epi32(x4);
-            const int c = j & 1;
+            const int c = (d * CPB + j) & 1;  // two chains per half (8 bits: alternate dwords)
             acc[0][c] = r16_dot256<BITS>(acc[0][c], r16_slot256<BITS>(v0, j), xb);
             acc[1][c] = r16_dot256<BITS>(acc[1][c], r16_slot256<BITS>(v1, j), xb);
           }
