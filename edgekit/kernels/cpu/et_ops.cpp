@@ -59,6 +59,14 @@ bool same_shape(const Tensor& a, const Tensor& b) {
   return true;
 }
 
+// out = x's shape with the last dim N (a linear's output).
+bool resize_last(const Tensor& x, int64_t N, Tensor& out) {
+  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
+  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
+  sizes[x.dim() - 1] = static_cast<SizesType>(N);
+  return executorch::runtime::resize_tensor(out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok;
+}
+
 template <int BITS, bool A8 = false>
 Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight,
                       const Tensor& scale, const Tensor& zero, int64_t group_size,
@@ -85,13 +93,8 @@ Tensor& linear_wq_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& 
                         InvalidArgument, out, "edgekit::linear_w%d: scale/zero must be float16 [N, %lld]",
                         BITS, static_cast<long long>(G));
   }
-  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
-  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
-  sizes[x.dim() - 1] = static_cast<SizesType>(N);
-  ET_KERNEL_CHECK_MSG(ctx,
-                      executorch::runtime::resize_tensor(
-                          out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
-                      InvalidArgument, out, "edgekit::linear_w%d: cannot resize out", BITS);
+  ET_KERNEL_CHECK_MSG(ctx, resize_last(x, N, out), InvalidArgument, out, "edgekit::linear_w%d: cannot resize out",
+                      BITS);
   const int64_t M = x.numel() / K;
   const float* xp = x.const_data_ptr<float>();
   const uint8_t* qp = qweight.const_data_ptr<uint8_t>();
@@ -169,13 +172,8 @@ Tensor& linear_r16_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor&
                         InvalidArgument, out, "edgekit::linear_w%da8_r16: scale/zero must be float16 [%lld, %lld]",
                         BITS, static_cast<long long>(NB), static_cast<long long>(16 * G));
   }
-  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> sizes{};
-  for (ssize_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
-  sizes[x.dim() - 1] = static_cast<SizesType>(N);
-  ET_KERNEL_CHECK_MSG(ctx,
-                      executorch::runtime::resize_tensor(
-                          out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
-                      InvalidArgument, out, "edgekit::linear_w%da8_r16: cannot resize out", BITS);
+  ET_KERNEL_CHECK_MSG(ctx, resize_last(x, N, out), InvalidArgument, out,
+                      "edgekit::linear_w%da8_r16: cannot resize out", BITS);
   const int st = ek_linear_wq_a8_r16(x.const_data_ptr<float>(), x.numel() / K, K, qweight.const_data_ptr<uint8_t>(),
                                      static_cast<const uint16_t*>(scale.const_data_ptr()),
                                      static_cast<const uint16_t*>(zero.const_data_ptr()), N, BITS, group_size,

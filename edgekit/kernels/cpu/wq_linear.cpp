@@ -554,6 +554,18 @@ inline int64_t r16_byte(const Shape& s, int64_t n, int64_t i) {
 
 bool r16_ok(int bits, int64_t g) { return a8_simd_ok(bits, g); }
 
+// Block blk of the r16 weights: its codes, scales and zeros, and how many of its 16 rows are real.
+struct R16Block {
+  const uint8_t* w;
+  const uint16_t* s;
+  const uint16_t* z;
+  int64_t rows;
+};
+inline R16Block r16_block(const Shape& s, const uint8_t* qw, const uint16_t* sc, const uint16_t* zr, int64_t blk) {
+  return {qw + blk * s.G * 16 * (s.row_bytes / s.G), sc + blk * s.G * 16, zr + blk * s.G * 16,
+          std::min<int64_t>(16, s.N - 16 * blk)};
+}
+
 // The reference: plain-order xq, codes read through r16_byte, and per row exactly the SIMD
 // kernels' float steps (f = fma(isum, scale * dx, f), z = fma(zero, xsum, z), y = f + z), so
 // every implementation gives bit-identical outputs.

@@ -38,10 +38,10 @@ EK_TGT void rows_r16_neon(const Shape& s, const A8& a, const int32_t* qsum, cons
   const int64_t ub = s.row_bytes / s.G;
   const int64_t line = 16 * ub;
   for (int64_t blk = b0; blk < b1; ++blk) {
-    const uint8_t* wb = qw + blk * s.G * line;
-    const uint16_t* sb = sc + blk * s.G * 16;
-    const uint16_t* zb = zr + blk * s.G * 16;
-    const int64_t rows = std::min<int64_t>(16, s.N - 16 * blk);
+    const R16Block bk = r16_block(s, qw, sc, zr, blk);
+    const uint8_t* wb = bk.w;
+    const uint16_t *sb = bk.s, *zb = bk.z;
+    const int64_t rows = bk.rows;
     for (int64_t m = 0; m < s.M; ++m) {
       const int8_t* xr = a.xq + m * s.K_pad;
       float32x4_t f[4], z[4];

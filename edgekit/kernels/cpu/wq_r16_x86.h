@@ -85,18 +85,18 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
                      float* y, int64_t b0, int64_t b1) {
   const int64_t ub = s.row_bytes / s.G;  // unit bytes per group and row (a multiple of 16)
   const int64_t line = 16 * ub;          // bytes of one group of one block
-  const int64_t D4 = ub / 16;
   for (int64_t blk = b0; blk < b1; ++blk) {
-    const uint8_t* wb = qw + blk * s.G * line;
-    const uint16_t* sb = sc + blk * s.G * 16;
-    const uint16_t* zb = zr + blk * s.G * 16;
-    const int64_t rows = std::min<int64_t>(16, s.N - 16 * blk);
+    const R16Block bk = r16_block(s, qw, sc, zr, blk);
+    const uint8_t* wb = bk.w;
+    const uint16_t *sb = bk.s, *zb = bk.z;
+    const int64_t rows = bk.rows;
     for (int64_t m = 0; m < s.M; ++m) {
       const int8_t* xr = a.xq + m * s.K_pad;
       const float* dx = a.dx + m * s.G;
       const float* xs = a.xsum + m * s.G;
       float* yo = y + m * s.N + 16 * blk;
 #if EK_AVX512
+      const int64_t D4 = ub / 16;
       __m512 f = _mm512_setzero_ps(), z = _mm512_setzero_ps();
       for (int64_t g = 0; g < s.G; ++g) {
         const uint8_t* w = wb + g * line;
