@@ -2,7 +2,7 @@
 // layout). Included by wq_linear.cpp after wq_a8_neon.h inside a8_neon and a8_neondot. Not a
 // standalone header.
 //
-// A 64-byte line (dword d of 16 rows) is four 128-bit registers of four rows each. With
+// A 64-byte line (dword d of 16 bk.rows) is four 128-bit registers of four rows each. With
 // EK_DOTPROD, SDOT against the slot's four activations broadcast to every lane adds four
 // products per row; without it, SMULL makes int16 products (|u x| <= 128 * 127) and two
 // pairwise adds reduce each row's four to one int32 lane. Codes enter as signed bytes like
@@ -39,15 +39,12 @@ EK_TGT void rows_r16_neon(const Shape& s, const A8& a, const int32_t* qsum, cons
   const int64_t line = 16 * ub;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const R16Block bk = r16_block(s, qw, sc, zr, blk);
-    const uint8_t* wb = bk.w;
-    const uint16_t *sb = bk.s, *zb = bk.z;
-    const int64_t rows = bk.rows;
     for (int64_t m = 0; m < s.M; ++m) {
       const int8_t* xr = a.xq + m * s.K_pad;
       float32x4_t f[4], z[4];
       for (int h = 0; h < 4; ++h) f[h] = z[h] = vdupq_n_f32(0.f);
       for (int64_t g = 0; g < s.G; ++g) {
-        const uint8_t* w = wb + g * line;
+        const uint8_t* w = bk.w + g * line;
         const int8_t* xg = xr + g * ub * CPB;
         int32x4_t acc[4];
         for (int h = 0; h < 4; ++h)
@@ -64,15 +61,15 @@ EK_TGT void rows_r16_neon(const Shape& s, const A8& a, const int32_t* qsum, cons
         }
         const float32x4_t dx = vdupq_n_f32(a.dx[m * s.G + g]), xs = vdupq_n_f32(a.xsum[m * s.G + g]);
         for (int h = 0; h < 4; ++h) {
-          const float32x4_t sv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sb + g * 16 + 4 * h)));
-          const float32x4_t zv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(zb + g * 16 + 4 * h)));
+          const float32x4_t sv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bk.s + g * 16 + 4 * h)));
+          const float32x4_t zv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bk.z + g * 16 + 4 * h)));
           f[h] = vfmaq_f32(f[h], vcvtq_f32_s32(acc[h]), vmulq_f32(sv, dx));
           z[h] = vfmaq_f32(z[h], zv, xs);
         }
       }
       float out[16];
       for (int h = 0; h < 4; ++h) vst1q_f32(out + 4 * h, vaddq_f32(f[h], z[h]));
-      std::memcpy(y + m * s.N + 16 * blk, out, sizeof(float) * rows);
+      std::memcpy(y + m * s.N + 16 * blk, out, sizeof(float) * bk.rows);
     }
   }
 }

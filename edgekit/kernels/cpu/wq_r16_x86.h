@@ -87,9 +87,6 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
   const int64_t line = 16 * ub;          // bytes of one group of one block
   for (int64_t blk = b0; blk < b1; ++blk) {
     const R16Block bk = r16_block(s, qw, sc, zr, blk);
-    const uint8_t* wb = bk.w;
-    const uint16_t *sb = bk.s, *zb = bk.z;
-    const int64_t rows = bk.rows;
     for (int64_t m = 0; m < s.M; ++m) {
       const int8_t* xr = a.xq + m * s.K_pad;
       const float* dx = a.dx + m * s.G;
@@ -99,21 +96,21 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
       const int64_t D4 = ub / 16;
       __m512 f = _mm512_setzero_ps(), z = _mm512_setzero_ps();
       for (int64_t g = 0; g < s.G; ++g) {
-        const uint8_t* w = wb + g * line;
+        const uint8_t* w = bk.w + g * line;
         if (m == 0)
           for (int64_t b = 0; b < line; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w + b) + EK_PREFETCH, _MM_HINT_T0);
         const __m512i isum = r16_group512<BITS>(w, xr + g * ub * (8 / BITS), D4);
-        const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + g * 16)));
-        const __m512 zv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zb + g * 16)));
+        const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk.s + g * 16)));
+        const __m512 zv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk.z + g * 16)));
         f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sv, _mm512_set1_ps(dx[g])), f);
         z = _mm512_fmadd_ps(zv, _mm512_set1_ps(xs[g]), z);
       }
-      _mm512_mask_storeu_ps(yo, static_cast<__mmask16>((1u << rows) - 1u), _mm512_add_ps(f, z));
+      _mm512_mask_storeu_ps(yo, static_cast<__mmask16>((1u << bk.rows) - 1u), _mm512_add_ps(f, z));
 #else
       constexpr int CPB = 8 / BITS;
       __m256 f[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, z[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
       for (int64_t g = 0; g < s.G; ++g) {
-        const uint8_t* w = wb + g * line;
+        const uint8_t* w = bk.w + g * line;
         if (m == 0)
           for (int64_t b = 0; b < line; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w + b) + EK_PREFETCH, _MM_HINT_T0);
         const int8_t* xg = xr + g * ub * CPB;
@@ -134,8 +131,8 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
         }
         const __m256 d = _mm256_set1_ps(dx[g]), x = _mm256_set1_ps(xs[g]);
         for (int h = 0; h < 2; ++h) {
-          const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + g * 16 + 8 * h)));
-          const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zb + g * 16 + 8 * h)));
+          const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk.s + g * 16 + 8 * h)));
+          const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk.z + g * 16 + 8 * h)));
           const __m256i isum = _mm256_add_epi32(acc[h][0], acc[h][1]);
           f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sv, d), f[h]);
           z[h] = _mm256_fmadd_ps(zv, x, z[h]);
@@ -144,7 +141,7 @@ EK_TGT void rows_r16(const Shape& s, const A8& a, const uint8_t* qw, const uint1
       float out[16];
       _mm256_storeu_ps(out, _mm256_add_ps(f[0], z[0]));
       _mm256_storeu_ps(out + 8, _mm256_add_ps(f[1], z[1]));
-      std::memcpy(yo, out, sizeof(float) * rows);
+      std::memcpy(yo, out, sizeof(float) * bk.rows);
 #endif
     }
   }
