@@ -2,7 +2,8 @@
 
 For each linear shape (N out x K in) of a SmolLM2-135M layer and each implementation -- the
 native kernel (SIMD, as ``auto`` picks it), its scalar reference, and fp32 ``torch.nn.functional
-.linear`` -- it times single-token GEMV (M=1): one warm-up, then ``--reps`` repetitions of
+.linear`` -- it times single-token GEMV (M=1), the int8-activation kernel in the row-major and in the row-interleaved
+(r16) weight order too: one warm-up, then ``--reps`` repetitions of
 ``--iters`` back-to-back calls, reporting the median and min/max seconds per call, GB/s of weight
 bytes read (packed codes + fp16 scale/zero for the kernel, fp32 for torch) and a decode tok/s
 equivalent of the linear layers alone (30 layers x (q, k, v, o, w1, w3, w2); attention, norms,
@@ -57,16 +58,21 @@ def _stats(samples: list[float]) -> dict:
 
 def bench_shape(N: int, K: int, bits: int, group: int, threads: int, reps: int, iters: int) -> dict:
     from edgekit.kernels.cpu import bench_linear_wq, picked_impl, set_num_threads
+    from edgekit.quant.layout import Layout, r16_applies
 
     set_num_threads(threads)
     torch.set_num_threads(threads)
     q, scale, zero, packed_bytes = _case(N, K, bits, group)
     x = np.random.default_rng(1).standard_normal((1, K)).astype(np.float32)
     out: dict = {"N": N, "K": K, "packed_bytes": packed_bytes, "fp32_bytes": N * K * 4}
-    for name, which, n_iter, act in (("native", "auto", iters, None), ("scalar", "scalar", max(1, iters // 10), None),
-                                     ("native_a8", "auto", iters, 8)):
-        bench_linear_wq(x, q, scale, zero, bits, group, which, iters=max(1, n_iter // 10), act_bits=act)  # warm-up
-        t = [bench_linear_wq(x, q, scale, zero, bits, group, which, iters=n_iter, act_bits=act) for _ in range(reps)]
+    for name, which, n_iter, act, r16 in (("native", "auto", iters, None, False),
+                                          ("scalar", "scalar", max(1, iters // 10), None, False),
+                                          ("native_a8", "auto", iters, 8, False), ("native_a8_r16", "auto", iters, 8, True)):
+        if r16 and not r16_applies(Layout(bits, group), K):
+            continue
+        kw = {"act_bits": act, "r16": r16}
+        bench_linear_wq(x, q, scale, zero, bits, group, which, iters=max(1, n_iter // 10), **kw)  # warm-up
+        t = [bench_linear_wq(x, q, scale, zero, bits, group, which, iters=n_iter, **kw) for _ in range(reps)]
         s = _stats(t)
         out[name] = {"impl": picked_impl(K, bits, group, act) if which == "auto" else "scalar", "s_per_call": s,
                      "gb_s": packed_bytes / s["median"] / 1e9}
@@ -103,7 +109,11 @@ def model_sweep(bits: int, group: int, threads: int, reps: int) -> dict:
     lay = Layout(bits, group)
     L = lib()
     P = ctypes.POINTER
-    calls, packed_total, fp32_total, fp32_w = [], 0, 0, []
+    from edgekit.kernels.cpu import interleave_r16_native
+    from edgekit.quant.layout import r16_applies
+
+    calls, calls_r16, packed_total, fp32_total, fp32_w = [], [], 0, 0, []
+    r16_ok = all(r16_applies(Layout(bits, group), K) for K in (576, 1536))
     ys = {}
     x = {K: rng.standard_normal((1, K)).astype(np.float32) for K in (576, 1536)}
     for _ in range(N_LAYERS):
@@ -116,6 +126,11 @@ def model_sweep(bits: int, group: int, threads: int, reps: int) -> dict:
             calls.append((x[K].ctypes.data_as(P(ctypes.c_float)), K, q.ctypes.data_as(P(ctypes.c_uint8)),
                           sc.ctypes.data_as(P(ctypes.c_uint16)), zr.ctypes.data_as(P(ctypes.c_uint16)), N,
                           y.ctypes.data_as(P(ctypes.c_float)), (q, sc, zr)))
+            if r16_ok:  # the same weights in the row-interleaved order ExecuTorch programs store
+                qi, si, zi = interleave_r16_native(q, sc, zr, bits, group, K)
+                calls_r16.append((x[K].ctypes.data_as(P(ctypes.c_float)), K, qi.ctypes.data_as(P(ctypes.c_uint8)),
+                                  si.ctypes.data_as(P(ctypes.c_uint16)), zi.ctypes.data_as(P(ctypes.c_uint16)), N,
+                                  y.ctypes.data_as(P(ctypes.c_float)), (qi, si, zi)))
             packed_total += lay.bytes_for(N, K)
             fp32_total += N * K * 4
             fp32_w.append((torch.from_numpy(x[K]), torch.randn(N, K)))
@@ -128,14 +143,19 @@ def model_sweep(bits: int, group: int, threads: int, reps: int) -> dict:
         for xp, K, qp, sp, zp, N, yp, _ in calls:
             L.ek_linear_wq_a8(xp, 1, K, qp, sp, zp, N, bits, group, yp, 0)
 
+    def native_a8_r16_token() -> None:
+        for xp, K, qp, sp, zp, N, yp, _ in calls_r16:
+            L.ek_linear_wq_a8_r16(xp, 1, K, qp, sp, zp, N, bits, group, yp, 0)
+
     def torch_token() -> None:
         for xt, w in fp32_w:
             torch.nn.functional.linear(xt, w)
 
     out = {"threads": threads, "packed_bytes": packed_total, "fp32_bytes": fp32_total}
     with torch.inference_mode():
-        for name, fn, nbytes in (("native", native_token, packed_total), ("native_a8", native_a8_token, packed_total),
-                                 ("torch_fp32", torch_token, fp32_total)):
+        rows = [("native", native_token, packed_total), ("native_a8", native_a8_token, packed_total),
+                ("native_a8_r16", native_a8_r16_token, packed_total), ("torch_fp32", torch_token, fp32_total)]
+        for name, fn, nbytes in [r for r in rows if r16_ok or r[0] != "native_a8_r16"]:
             fn()  # warm-up
             t = []
             for _ in range(reps):
@@ -171,11 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
             results["runs"].append({"threads": th, **r})
             print(f"[{th} thr] {N:5d}x{K:<5d} native {r['native']['impl']:6s} "
                   f"{r['native']['s_per_call']['median'] * 1e6:8.1f} us {r['native']['gb_s']:6.2f} GB/s | "
-                  f"scalar {r['scalar']['s_per_call']['median'] * 1e6:8.1f} us | "
+                  f"a8 {r['native_a8']['s_per_call']['median'] * 1e6:8.1f} us | "
+                  + (f"a8 r16 {r['native_a8_r16']['s_per_call']['median'] * 1e6:8.1f} us | " if "native_a8_r16" in r else "")
+                  + f"scalar {r['scalar']['s_per_call']['median'] * 1e6:8.1f} us | "
                   f"fp32 torch {r['torch_fp32']['s_per_call']['median'] * 1e6:8.1f} us "
                   f"{r['torch_fp32']['gb_s']:6.2f} GB/s | x{r['speedup_vs_scalar']:.1f} vs scalar, "
                   f"x{r['speedup_vs_fp32']:.2f} vs fp32", file=sys.stderr)
-        for impl in ("native", "native_a8", "scalar", "torch_fp32"):
+        for impl in [i for i in ("native", "native_a8", "native_a8_r16", "scalar", "torch_fp32") if i in r]:
             layer_s = sum(per[shape][impl]["s_per_call"]["median"] for shape in LAYER.values())
             results.setdefault("linear_only_tok_s", {}).setdefault(str(th), {})[impl] = 1.0 / (N_LAYERS * layer_s)
         print(f"[{th} thr] linear-only decode tok/s equivalent (30 layers): " + ", ".join(
@@ -185,7 +207,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{th} thr] whole-model linear sweep (weights streamed, {sw['packed_bytes'] / 1e6:.0f} MB packed vs "
               f"{sw['fp32_bytes'] / 1e6:.0f} MB fp32): native {sw['native']['tok_s']:.1f} tok/s "
               f"({sw['native']['gb_s']:.2f} GB/s), int8-activation {sw['native_a8']['tok_s']:.1f} tok/s "
-              f"({sw['native_a8']['gb_s']:.2f} GB/s), torch fp32 {sw['torch_fp32']['tok_s']:.1f} tok/s "
+              f"({sw['native_a8']['gb_s']:.2f} GB/s), "
+              + (f"int8-activation r16 {sw['native_a8_r16']['tok_s']:.1f} tok/s ({sw['native_a8_r16']['gb_s']:.2f} GB/s), "
+                 if "native_a8_r16" in sw else "")
+              + f"torch fp32 {sw['torch_fp32']['tok_s']:.1f} tok/s "
               f"({sw['torch_fp32']['gb_s']:.2f} GB/s)", file=sys.stderr)
     path = a.json or RESULTS / f"kernel_w{a.bits}g{a.group}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
