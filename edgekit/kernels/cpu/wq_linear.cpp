@@ -498,17 +498,12 @@ void prep_a8(const Shape& s, const float* x, const A8& a, int perm) {
     }
     if (perm == PERM_R16) {
       int8_t* out = a.xq + m * s.K_pad;
-      if (cpb == 1) {
-        std::memcpy(out, q, s.K_pad);
-      } else {
+      auto run = r16_permute;
 #ifdef EK_HAVE_X86
-        if (vec) {
-          r16_permute_ssse3(q, out, s.K_pad, cpb);
-          continue;
-        }
+      if (vec) run = r16_permute_ssse3;
 #endif
-        r16_permute(q, out, s.K_pad, cpb);
-      }
+      if (cpb == 1) std::memcpy(out, q, s.K_pad);
+      else run(q, out, s.K_pad, cpb);
     } else if (permute) {
       int8_t* out = a.xq + m * s.K_pad;
       auto run = permute_run;
@@ -813,17 +808,12 @@ int linear_a8_r16(const float* x, const Shape& s, const uint8_t* qw, const uint1
                   const uint16_t* zr, float* y, int impl) {
   if (!r16_ok(s.bits, s.g)) return EK_UNSUPPORTED;
   if (impl == EK_IMPL_AUTO) impl = pick_r16(s);
-  if (impl != EK_IMPL_SCALAR && impl != EK_IMPL_AVX2 && impl != EK_IMPL_AVXVNNI && impl != EK_IMPL_AVX512VNNI &&
-      impl != EK_IMPL_NEON && impl != EK_IMPL_NEON_DOTPROD)
-    return EK_UNSUPPORTED;
-  if (!ek_impl_available(impl)) return EK_UNSUPPORTED;
+  if (!ek_impl_available(impl)) return EK_UNSUPPORTED;  // also any other ISA's impl (or an unknown one)
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> fbuf;
-  thread_local std::vector<int32_t> qsbuf;
   try {
     if (qbuf.size() < static_cast<size_t>(s.M * s.K_pad)) qbuf.resize(s.M * s.K_pad);
     if (fbuf.size() < static_cast<size_t>(2 * s.M * s.G)) fbuf.resize(2 * s.M * s.G);
-    if (qsbuf.size() < static_cast<size_t>(s.M * s.G)) qsbuf.resize(s.M * s.G);
   } catch (const std::bad_alloc&) {
     return EK_NO_MEMORY;
   }
@@ -843,20 +833,26 @@ int linear_a8_r16(const float* x, const Shape& s, const uint8_t* qw, const uint1
       {a8_avx2::rows_r16<2>, a8_avx2::rows_r16<4>, a8_avx2::rows_r16<8>},
       {a8_vnni::rows_r16<2>, a8_vnni::rows_r16<4>, a8_vnni::rows_r16<8>},
       {a8_v512::rows_r16<2>, a8_v512::rows_r16<4>, a8_v512::rows_r16<8>}};
-  if (impl == EK_IMPL_NEON || impl == EK_IMPL_NEON_DOTPROD) return EK_UNSUPPORTED;
   const int isa = impl == EK_IMPL_AVX512VNNI ? 2 : impl == EK_IMPL_AVXVNNI ? 1 : 0;
   const Rows rows = table[isa][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
   parallel_rows(NB, work, [&](int64_t b0, int64_t b1) { rows(s, a, qw, sc, zr, y, b0, b1); });
   return EK_OK;
 #elif defined(EK_HAVE_NEON)
-  if (s.bits == 8) a8_neon::a8_neon_qsum(s, a, qsbuf.data());
+  thread_local std::vector<int32_t> qsbuf;  // 8 bits: per-group sums of xq (wq_r16_neon.h)
+  if (s.bits == 8) {
+    try {
+      if (qsbuf.size() < static_cast<size_t>(s.M * s.G)) qsbuf.resize(s.M * s.G);
+    } catch (const std::bad_alloc&) {
+      return EK_NO_MEMORY;
+    }
+    a8_neon::a8_neon_qsum(s, a, qsbuf.data());
+  }
   const int32_t* qs = qsbuf.data();
   using Rows = void (*)(const Shape&, const A8&, const int32_t*, const uint8_t*, const uint16_t*,
                         const uint16_t*, float*, int64_t, int64_t);
   static const Rows table[2][3] = {  // [dotprod][bits 2, 4, 8]
       {a8_neon::rows_r16_neon<2>, a8_neon::rows_r16_neon<4>, a8_neon::rows_r16_neon<8>},
       {a8_neondot::rows_r16_neon<2>, a8_neondot::rows_r16_neon<4>, a8_neondot::rows_r16_neon<8>}};
-  if (impl != EK_IMPL_NEON && impl != EK_IMPL_NEON_DOTPROD) return EK_UNSUPPORTED;
   const Rows rows = table[impl == EK_IMPL_NEON_DOTPROD][s.bits == 2 ? 0 : s.bits == 4 ? 1 : 2];
   parallel_rows(NB, work, [&](int64_t b0, int64_t b1) { rows(s, a, qs, qw, sc, zr, y, b0, b1); });
   return EK_OK;

@@ -11,9 +11,9 @@
 // permuted once per call (r16_permute) so that slot j of dword d's byte b (code
 // CPB (4 d + b) + j of the group) meets xr[(CPB d + j) 4 + b].
 //
-// In-cache microbenchmark, 1 thread, Zen 5 (a standalone copy of the AVX-512 loop, same shapes
-// as the pair kernels' notes): w2g64 576x576 3.7 -> 1.1 us, 3072x576 18.2 -> 6.1 us, 4096x4096
-// 117.5 -> 65.8 us, w4g32 49152x576 441 -> 195 us.
+// In cache, 1 thread, Zen 5, activation quantization included (benchmarks/bench_kernel_w2.py,
+// row-major pairs -> r16): w2g64 576x576 3.5 -> 1.7 us, 1536x576 9.3 -> 4.0 us, 576x1536 6.7 ->
+// 4.4 us; bench_linear_wq(r16=True): w4g32 49152x576 417 -> 229 us.
 //
 // The int32 sum of a group is exact, so the float results differ from the pair kernels' only by
 // the order of the float additions; every row is computed the same way whatever block or thread
