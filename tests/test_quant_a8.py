@@ -127,10 +127,10 @@ def test_r16_interleave_round_trip_and_native_bytes(bits, group, N, K):
     assert np.array_equal(nq, qi.numpy())
     assert np.array_equal(ns, si.view(torch.int16).numpy().view(np.uint16))
     assert np.array_equal(nz, zi.view(torch.int16).numpy().view(np.uint16))
-    # row 16 b + r, byte 4 d + c of group g sits at line (g, d) of block b, lane r
-    if N > 17 and K >= 64:
-        ub = lay.row_bytes(K) // G
-        assert qi[1, (0 * (ub // 4) + 1) * 64 + 4 * 1 + 2] == q[17, 4 * 1 + 2]
+    # row 16 b + r, byte 4 d + c of group g sits at line (g, d) of block b, lane r: row 17 (b 1,
+    # r 1), byte 6 (group 0, d 1, c 2) is at line 1 of block 1, lane 1, byte 2
+    if N > 17:
+        assert qi[1, 64 + 4 * 1 + 2] == q[17, 6]
 
 
 @pytest.mark.parametrize("bits,group,N,K", R16_CASES)

@@ -108,41 +108,6 @@ def _define(name: str, bits: int) -> None:
 for _name, _bits in BITS.items():
     _define(_name, _bits)
 
-# The a8 linears on weights in the row-interleaved r16 order (edgekit.quant.layout.interleave_r16),
-# the order ExecuTorch programs store: the reference puts the rows back and runs the a8 reference.
-R16_BITS = {"linear_w2a8_r16": 2, "linear_w4a8_r16": 4, "linear_w8a8_r16": 8}
-_R16_SCHEMA = _SCHEMA + ", int out_features"
-
-
-def _define_r16(name: str, bits: int) -> None:
-    _lib.define(f"{name}{_R16_SCHEMA}) -> Tensor")
-    _lib.define(f"{name}.out{_R16_SCHEMA}, *, Tensor(a!) out) -> Tensor(a!)")
-
-    def functional(x, qweight, scale, zero, group_size, in_features, out_features):
-        from edgekit.quant.layout import Layout, deinterleave_r16
-
-        lay = Layout(bits, group_size if group_size > 0 else None)
-        q, s, z = deinterleave_r16(qweight, scale, zero, lay, in_features, out_features)
-        return _reference(x, q, s, z, group_size, in_features, bits, a8=True)
-
-    def out_variant(x, qweight, scale, zero, group_size, in_features, out_features, *, out):
-        y = functional(x, qweight, scale, zero, group_size, in_features, out_features)
-        out.resize_(y.shape)
-        out.copy_(y)
-        return out
-
-    def fake(x, qweight, scale, zero, group_size, in_features, out_features):
-        torch._check(x.shape[-1] == in_features, lambda: f"x last dim must be in_features {in_features}")
-        return x.new_empty((*x.shape[:-1], out_features), dtype=torch.float32)
-
-    _lib.impl(name, functional, "CompositeExplicitAutograd")
-    _lib.impl(f"{name}.out", out_variant, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
-
-
-for _name, _bits in R16_BITS.items():
-    _define_r16(_name, _bits)
-
 
 def _define_simple(name: str, schema: str, reference, fake, out_alias: str = "a") -> None:
     """A functional op and its ``.out`` variant, both computed by ``reference``; ``out_alias``
@@ -159,6 +124,31 @@ def _define_simple(name: str, schema: str, reference, fake, out_alias: str = "a"
     _lib.impl(name, reference, "CompositeExplicitAutograd")
     _lib.impl(f"{name}.out", out_variant, "CompositeExplicitAutograd")
     torch.library.register_fake(f"edgekit::{name}", fake, lib=_lib)
+
+
+# The a8 linears on weights in the row-interleaved r16 order (edgekit.quant.layout.interleave_r16),
+# the order ExecuTorch programs store: the reference puts the rows back and runs the a8 reference.
+R16_BITS = {"linear_w2a8_r16": 2, "linear_w4a8_r16": 4, "linear_w8a8_r16": 8}
+
+
+def _r16_reference(bits: int):
+    def reference(x, qweight, scale, zero, group_size, in_features, out_features):
+        from edgekit.quant.layout import Layout, deinterleave_r16
+
+        lay = Layout(bits, group_size if group_size > 0 else None)
+        q, s, z = deinterleave_r16(qweight, scale, zero, lay, in_features, out_features)
+        return _reference(x, q, s, z, group_size, in_features, bits, a8=True)
+
+    return reference
+
+
+def _r16_fake(x, qweight, scale, zero, group_size, in_features, out_features):
+    torch._check(x.shape[-1] == in_features, lambda: f"x last dim must be in_features {in_features}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=torch.float32)
+
+
+for _name, _bits in R16_BITS.items():
+    _define_simple(_name, _SCHEMA[1:] + ", int out_features", _r16_reference(_bits), _r16_fake)
 
 
 # The eager model's attention is the op's reference; the C++ op matches it while reading only
